@@ -1,0 +1,118 @@
+"""create_app(settings) -> Starlette: the routes, and a lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from . import __version__
+from .db.migrate import upgrade_to_head
+from .reaper import Reaper
+from .resolvers.context import GraphQLApp
+from .resolvers.stats import dashboard_stats_json
+from .schema.root import build_schema
+from .services import Services
+from .settings import Settings
+
+log = logging.getLogger("task_service")
+
+
+def create_app(settings: Settings) -> Starlette:
+    schema = build_schema(settings)
+    sdl = schema.as_str() + "\n"
+    graphql = GraphQLApp(schema, settings=settings)
+    started = time.monotonic()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            await upgrade_to_head(settings.database_url)
+        services = Services.build(settings)
+        await services.start()
+        reaper = Reaper(services)
+        reaper.start()
+        app.state.services = services
+        graphql.services = services
+        if settings.api_key is None and settings.host not in {"127.0.0.1", "localhost", "::1"}:
+            log.warning("API_KEY is not set and the service listens on %s: anyone can call it", settings.host)
+        try:
+            yield
+        finally:
+            await reaper.stop()
+            await services.close()
+
+    async def root(request: Request) -> Response:
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/dashboard/", status_code=307)
+        return JSONResponse({"status": "ok", "service": "task-service", "version": __version__})
+
+    async def health(request: Request) -> Response:
+        services: Services = request.app.state.services
+        body: dict[str, Any] = {
+            "service": "task-service",
+            "version": __version__,
+            "uptimeSeconds": round(time.monotonic() - started, 1),
+            "database": "ok",
+        }
+        try:
+            async with services.read() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception as exc:  # any failure to reach the database is "unavailable"
+            log.warning("health check: database unreachable: %s", type(exc).__name__)
+            body["database"] = "unreachable"
+            body["status"] = "unavailable"
+            return JSONResponse(body, status_code=503)
+        body["status"] = "ok"
+        return JSONResponse(body)
+
+    async def docs(request: Request) -> Response:
+        return RedirectResponse("/graphql", status_code=307)
+
+    async def schema_sdl(request: Request) -> Response:
+        return PlainTextResponse(sdl, media_type="text/plain; charset=utf-8")
+
+    async def stats(request: Request) -> Response:
+        services: Services = request.app.state.services
+        return JSONResponse(await dashboard_stats_json(services, request.query_params.get("projectId")))
+
+    routes = [
+        Route("/", root),
+        Route("/health", health),
+        Route("/docs", docs),
+        Route("/schema.graphql", schema_sdl),
+        Route("/dashboard/stats", stats),
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+    ]
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+            )
+        )
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.schema = schema
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn factory (`task_service.app:create_app_from_env`): settings from the environment."""
+    from .settings import load_settings
+
+    return create_app(load_settings())

@@ -1,0 +1,201 @@
+"""Agents: registration, heartbeats, presence status, unregister and restore."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..errors import NotFound
+from .base import utcnow
+from .enums import ACTIVE_STATUSES, HELD_STATUSES, AgentStatus
+from .models import Agent, Task
+
+
+@dataclass(frozen=True)
+class PresenceChange:
+    agent_id: int
+    name: str
+    previous: str | None
+    status: str
+    at: datetime
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "tsa_" + secrets.token_urlsafe(32)
+
+
+def note_presence(session: AsyncSession, change: PresenceChange) -> None:
+    """Remember a status change; it is published after the transaction commits."""
+    session.info.setdefault("presence", []).append(change)
+
+
+async def get_agent(session: AsyncSession, name: str) -> Agent | None:
+    return await session.scalar(select(Agent).where(Agent.name == name))
+
+
+async def require_agent(session: AsyncSession, name: str, *, lock: bool = False) -> Agent:
+    """The live agent called `name`, optionally locked (FOR UPDATE), or NotFound."""
+    query = select(Agent).where(Agent.name == name)
+    if lock:
+        query = query.with_for_update()
+    agent = await session.scalar(query)
+    if agent is None or agent.deleted_at is not None:
+        raise NotFound(f"agent '{name}' is not registered (or was unregistered); call registerAgent first")
+    return agent
+
+
+async def lock_agent_by_id(session: AsyncSession, agent_id: int) -> Agent | None:
+    return await session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update())
+
+
+async def agents_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Agent]:
+    rows = await session.scalars(select(Agent).where(Agent.id.in_(ids)))
+    return {row.id: row for row in rows}
+
+
+async def list_agents(
+    session: AsyncSession,
+    *,
+    status: str | None = None,
+    skill: str | None = None,
+    include_deleted: bool = False,
+) -> list[Agent]:
+    query = select(Agent).order_by(Agent.name)
+    if status is not None:
+        query = query.where(Agent.status == status)
+    if not include_deleted:
+        query = query.where(Agent.deleted_at.is_(None))
+    rows = list((await session.scalars(query)).all())
+    if skill is not None:
+        rows = [row for row in rows if skill in (row.skills or [])]
+    return rows
+
+
+async def register_agent(
+    session: AsyncSession,
+    *,
+    name: str,
+    role: str | None,
+    skills: list[str] | None,
+    capabilities: Any,
+    max_concurrent_tasks: int | None,
+    default_max_concurrent: int,
+) -> tuple[Agent, str]:
+    """Create or update the agent called `name` (restoring it if unregistered), rotate its
+    token and count the call as a heartbeat. Returns the agent and the new token."""
+    token = new_token()
+    now = utcnow()
+    agent = await session.scalar(select(Agent).where(Agent.name == name).with_for_update())
+    created = agent is None
+    if agent is None:
+        agent = Agent(
+            name=name,
+            role=role,
+            skills=sorted(set(skills or [])),
+            capabilities=capabilities,
+            max_concurrent_tasks=max_concurrent_tasks or default_max_concurrent,
+            status=AgentStatus.ONLINE.value,
+            registered_at=now,
+        )
+        session.add(agent)
+    else:
+        agent.role = role if role is not None else agent.role
+        if skills is not None:
+            agent.skills = sorted(set(skills))
+        if capabilities is not None:
+            agent.capabilities = capabilities
+        if max_concurrent_tasks is not None:
+            agent.max_concurrent_tasks = max_concurrent_tasks
+        agent.deleted_at = None
+    agent.token_hash = hash_token(token)
+    agent.last_heartbeat_at = now
+    await session.flush()
+    await refresh_status(session, agent, now=now, new=created)
+    return agent, token
+
+
+async def touch(session: AsyncSession, agent: Agent, *, lease_seconds: float) -> None:
+    """A heartbeat: note the time and renew the leases of the agent's active tasks."""
+    now = utcnow()
+    agent.last_heartbeat_at = now
+    await session.execute(
+        update(Task)
+        .where(Task.assignee_id == agent.id, Task.status.in_(ACTIVE_STATUSES))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds)),
+        execution_options={"synchronize_session": False},
+    )
+    await refresh_status(session, agent, now=now)
+
+
+async def active_task_count(session: AsyncSession, agent_id: int) -> int:
+    return (
+        await session.scalar(
+            select(func.count())
+            .select_from(Task)
+            .where(Task.assignee_id == agent_id, Task.status.in_(ACTIVE_STATUSES))
+        )
+    ) or 0
+
+
+async def refresh_status(
+    session: AsyncSession,
+    agent: Agent,
+    *,
+    now: datetime | None = None,
+    offline: bool = False,
+    new: bool = False,
+) -> None:
+    """Recompute the agent's status (the caller holds the agent row's lock) and note a
+    presence change when it differs. `offline=True` forces OFFLINE (reaper, unregister);
+    `new=True` reports a just-registered agent as a change from nothing."""
+    await session.flush()
+    if offline or agent.deleted_at is not None:
+        status = AgentStatus.OFFLINE
+    elif await active_task_count(session, agent.id) > 0:
+        status = AgentStatus.BUSY
+    else:
+        status = AgentStatus.ONLINE
+    before = None if new else agent.status
+    agent.status = status.value
+    if before != status.value:
+        note_presence(session, PresenceChange(agent.id, agent.name, before, status.value, now or utcnow()))
+
+
+async def held_tasks(session: AsyncSession, agent_ids: Sequence[int]) -> dict[int, list[Task]]:
+    """ASSIGNED, RUNNING or REVIEWING live tasks of each agent."""
+    rows = await session.scalars(
+        select(Task)
+        .where(Task.assignee_id.in_(agent_ids), Task.status.in_(HELD_STATUSES), Task.deleted_at.is_(None))
+        .order_by(Task.id)
+    )
+    grouped: dict[int, list[Task]] = {agent_id: [] for agent_id in agent_ids}
+    for row in rows:
+        grouped[row.assignee_id].append(row)  # type: ignore[index]
+    return grouped
+
+
+async def stale_agents(session: AsyncSession, *, older_than: datetime) -> Sequence[Agent]:
+    """Live agents not OFFLINE whose last heartbeat is older than `older_than`, locked."""
+    return (
+        await session.scalars(
+            select(Agent)
+            .where(
+                Agent.status != AgentStatus.OFFLINE.value,
+                Agent.deleted_at.is_(None),
+                Agent.last_heartbeat_at < older_than,
+            )
+            .order_by(Agent.id)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()

@@ -1,0 +1,53 @@
+"""The domain's enumerations, stored as strings; schema/ exposes them as GraphQL enums."""
+
+from enum import StrEnum
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    ASSIGNED = "ASSIGNED"
+    RUNNING = "RUNNING"
+    REVIEWING = "REVIEWING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+ACTIVE_STATUSES = (TaskStatus.ASSIGNED, TaskStatus.RUNNING)
+HELD_STATUSES = (TaskStatus.ASSIGNED, TaskStatus.RUNNING, TaskStatus.REVIEWING)
+TERMINAL_STATUSES = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class AgentStatus(StrEnum):
+    ONLINE = "ONLINE"
+    BUSY = "BUSY"
+    OFFLINE = "OFFLINE"
+
+
+class ProjectStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+
+
+class TaskEventType(StrEnum):
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    CLAIMED = "CLAIMED"
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"
+    SUBMITTED = "SUBMITTED"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+    RELEASED = "RELEASED"
+    FAILED = "FAILED"
+    RETRIED = "RETRIED"
+    CANCELLED = "CANCELLED"
+    LEASE_EXPIRED = "LEASE_EXPIRED"
+    TIMED_OUT = "TIMED_OUT"
+    DELETED = "DELETED"
+    RESTORED = "RESTORED"
+    DEPENDENCY_ADDED = "DEPENDENCY_ADDED"
+    DEPENDENCY_REMOVED = "DEPENDENCY_REMOVED"
+    UNBLOCKED = "UNBLOCKED"

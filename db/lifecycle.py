@@ -1,0 +1,368 @@
+"""The task lifecycle (DESIGN.md's table): every transition is a conditional change of a
+locked row plus its TaskEvent, in the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..errors import (
+    Conflict,
+    DependenciesNotMet,
+    Forbidden,
+    InvalidTransition,
+    LimitReached,
+    StaleAttempt,
+)
+from .agents import active_task_count, lock_agent_by_id, refresh_status, touch
+from .base import utcnow
+from .dependencies import unblock_dependents
+from .enums import ACTIVE_STATUSES, TERMINAL_STATUSES, TaskEventType, TaskStatus
+from .events import record_event
+from .models import Agent, Project, SkillSet, Task
+from .tasks import claim_order, ready_conditions, require_task
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings the lifecycle needs."""
+
+    lease_seconds: float
+    backoff_seconds: float = 10
+    backoff_max_seconds: float = 900
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.backoff_seconds * 2 ** max(attempt - 1, 0), self.backoff_max_seconds)
+
+
+async def _check_limit(session: AsyncSession, agent: Agent) -> None:
+    held = await active_task_count(session, agent.id)
+    if held >= agent.max_concurrent_tasks:
+        raise LimitReached(
+            f"agent '{agent.name}' already holds {held} active tasks (maxConcurrentTasks "
+            f"{agent.max_concurrent_tasks}); finish, submit or release one first"
+        )
+
+
+def _assign(task: Task, agent: Agent, now: datetime, policy: Policy) -> None:
+    task.status = TaskStatus.ASSIGNED.value
+    task.assignee_id = agent.id
+    task.attempt += 1
+    task.assigned_at = now
+    task.started_at = None
+    task.submitted_at = None
+    task.progress = None
+    task.progress_message = None
+    task.lease_expires_at = now + timedelta(seconds=policy.lease_seconds)
+    task.updated_at = now
+    agent.claimed_count += 1
+
+
+async def _matching_skill_sets(session: AsyncSession, agent: Agent) -> list[int]:
+    have = set(agent.skills or [])
+    rows = await session.execute(select(SkillSet.id, SkillSet.skills))
+    return [set_id for set_id, skills in rows if set(skills or []) <= have]
+
+
+async def claim_next(
+    session: AsyncSession,
+    agent: Agent,
+    policy: Policy,
+    *,
+    project_id: int | None = None,
+    tags: list[str] | None = None,
+) -> Task | None:
+    """Claim the best ready task `agent` may take, or None. `agent` must be locked.
+
+    One statement picks and locks the candidate with FOR UPDATE SKIP LOCKED (concurrent
+    claimers pass over each other's rows); only claimable rows are in the partial index,
+    per skill set, so the cost does not grow with blocked or non-matching tasks.
+    """
+    from .tasks import _has_tag
+
+    await _check_limit(session, agent)
+    skill_sets = await _matching_skill_sets(session, agent)
+    if not skill_sets:
+        return None
+    now = utcnow()
+    candidate = (
+        select(Task)
+        .where(*ready_conditions(now), Task.skill_set_id.in_(skill_sets))
+        .where(
+            exists().where(Project.id == Task.project_id, Project.status == "ACTIVE", Project.deleted_at.is_(None))
+        )
+    )
+    if project_id is not None:
+        candidate = candidate.where(Task.project_id == project_id)
+    if tags:
+        from sqlalchemy import or_
+
+        candidate = candidate.where(or_(*(_has_tag(tag) for tag in tags)))
+    task = await session.scalar(
+        candidate.order_by(*claim_order()).limit(1).with_for_update(skip_locked=True, of=Task)
+    )
+    if task is None:
+        return None
+    _assign(task, agent, now, policy)
+    record_event(session, task, TaskEventType.CLAIMED, from_status="PENDING", to_status="ASSIGNED", actor=agent.name)
+    await touch(session, agent, lease_seconds=policy.lease_seconds)
+    return task
+
+
+async def claim(session: AsyncSession, task_id: int, agent: Agent, policy: Policy) -> Task:
+    """Claim task `task_id` for `agent` (locked by the caller). Exactly one concurrent
+    claimer wins: the row is locked, then its state checked; losers get CONFLICT."""
+    task = await require_task(session, task_id, lock=True)
+    now = utcnow()
+    if task.status != TaskStatus.PENDING:
+        if task.status in ACTIVE_STATUSES + (TaskStatus.REVIEWING,):
+            holder = await session.get(Agent, task.assignee_id) if task.assignee_id else None
+            who = "you" if holder is not None and holder.id == agent.id else f"agent '{holder.name if holder else '?'}'"
+            raise Conflict(f"task {task_id} is already {task.status} by {who}; claim another task")
+        raise InvalidTransition(f"task {task_id} is {task.status}; only PENDING tasks can be claimed")
+    if task.unmet_dependencies > 0:
+        raise DependenciesNotMet(
+            f"task {task_id} waits for {task.unmet_dependencies} unfinished dependencies; see its blockedBy"
+        )
+    if task.available_at is not None and task.available_at > now:
+        raise InvalidTransition(
+            f"task {task_id} is not available before {task.available_at.isoformat()}; claim it then"
+        )
+    missing = sorted(set(task.required_skills or []) - set(agent.skills or []))
+    if missing:
+        raise Forbidden(f"agent '{agent.name}' lacks the skills {missing} that task {task_id} requires")
+    project = await session.get(Project, task.project_id)
+    if project is None or project.status != "ACTIVE" or project.deleted_at is not None:
+        status = project.status if project else "missing"
+        raise InvalidTransition(f"project {task.project_id} is {status}; its tasks cannot be claimed")
+    await _check_limit(session, agent)
+    _assign(task, agent, now, policy)
+    record_event(session, task, TaskEventType.CLAIMED, from_status="PENDING", to_status="ASSIGNED", actor=agent.name)
+    await touch(session, agent, lease_seconds=policy.lease_seconds)
+    return task
+
+
+async def held_task(
+    session: AsyncSession, task_id: int, agent: Agent | None, *, attempt: int | None, allowed: tuple[str, ...], action: str
+) -> Task:
+    """Lock the task and check fencing, ownership and status for an assignee's action."""
+    task = await require_task(session, task_id, lock=True)
+    if attempt is not None and attempt != task.attempt:
+        raise StaleAttempt(
+            f"task {task_id} is at attempt {task.attempt}, not {attempt}: it was re-claimed since; drop this work"
+        )
+    if agent is not None and task.assignee_id != agent.id:
+        raise Forbidden(f"task {task_id} is not assigned to agent '{agent.name}'; only its assignee can {action} it")
+    if task.status not in allowed:
+        raise InvalidTransition(
+            f"task {task_id} is {task.status}; {action} needs it {' or '.join(allowed)}"
+        )
+    return task
+
+
+async def start(session: AsyncSession, task_id: int, agent: Agent, policy: Policy, *, attempt: int | None) -> Task:
+    task = await held_task(session, task_id, agent, attempt=attempt, allowed=("ASSIGNED",), action="start")
+    now = utcnow()
+    task.status = TaskStatus.RUNNING.value
+    task.started_at = now
+    task.updated_at = now
+    record_event(session, task, TaskEventType.STARTED, from_status="ASSIGNED", to_status="RUNNING", actor=agent.name)
+    await touch(session, agent, lease_seconds=policy.lease_seconds)
+    return task
+
+
+async def report_progress(
+    session: AsyncSession, task_id: int, agent: Agent, policy: Policy, *, progress: int, message: str | None, attempt: int | None
+) -> Task:
+    task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="report progress on")
+    task.progress = progress
+    task.progress_message = message
+    task.updated_at = utcnow()
+    record_event(
+        session, task, TaskEventType.PROGRESS, from_status=task.status, to_status=task.status,
+        actor=agent.name, message=message, data={"progress": progress},
+    )
+    await touch(session, agent, lease_seconds=policy.lease_seconds)
+    return task
+
+
+async def _complete(session: AsyncSession, task: Task, now: datetime, actor: str | None) -> None:
+    task.status = TaskStatus.COMPLETED.value
+    task.completed_at = now
+    task.lease_expires_at = None
+    if task.assignee_id is not None:
+        await session.execute(
+            update(Agent).where(Agent.id == task.assignee_id).values(completed_count=Agent.completed_count + 1),
+            execution_options={"synchronize_session": False},
+        )
+    await session.flush()
+    await unblock_dependents(session, task, actor=actor)
+
+
+async def submit(
+    session: AsyncSession, task_id: int, agent: Agent, policy: Policy, *,
+    result: Any, summary: str | None, attempt: int | None,
+) -> Task:
+    task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="submit")
+    now = utcnow()
+    before = task.status
+    task.result = result
+    task.summary = summary
+    task.submitted_at = now
+    task.updated_at = now
+    task.lease_expires_at = None
+    if task.requires_review:
+        task.status = TaskStatus.REVIEWING.value
+        record_event(session, task, TaskEventType.SUBMITTED, from_status=before, to_status="REVIEWING", actor=agent.name)
+    else:
+        record_event(session, task, TaskEventType.SUBMITTED, from_status=before, to_status="COMPLETED", actor=agent.name)
+        await _complete(session, task, now, agent.name)
+    await touch(session, agent, lease_seconds=policy.lease_seconds)
+    return task
+
+
+def _requeue(task: Task, now: datetime, *, available_at: datetime | None = None) -> None:
+    task.status = TaskStatus.PENDING.value
+    task.assignee_id = None
+    task.lease_expires_at = None
+    task.available_at = available_at
+    task.updated_at = now
+
+
+async def review(
+    session: AsyncSession, task_id: int, *, reviewer: str, approved: bool, feedback: str | None
+) -> Task:
+    task = await require_task(session, task_id, lock=True)
+    assignee = await session.get(Agent, task.assignee_id) if task.assignee_id else None
+    if assignee is not None and assignee.name == reviewer:
+        raise Forbidden(f"agent '{reviewer}' did task {task_id} and cannot review it; ask another agent")
+    if task.reviewer and task.reviewer != reviewer:
+        raise Forbidden(f"task {task_id} is to be reviewed by '{task.reviewer}', not '{reviewer}'")
+    if task.status != TaskStatus.REVIEWING:
+        raise InvalidTransition(f"task {task_id} is {task.status}; only REVIEWING tasks can be reviewed")
+    now = utcnow()
+    task.feedback = feedback
+    task.updated_at = now
+    if approved:
+        record_event(session, task, TaskEventType.APPROVED, from_status="REVIEWING", to_status="COMPLETED",
+                     actor=reviewer, message=feedback)
+        await _complete(session, task, now, reviewer)
+        return task
+    if task.assignee_id is not None:
+        await session.execute(
+            update(Agent).where(Agent.id == task.assignee_id).values(failed_count=Agent.failed_count + 1),
+            execution_options={"synchronize_session": False},
+        )
+    to = TaskStatus.PENDING if task.attempt < task.max_attempts else TaskStatus.FAILED
+    record_event(session, task, TaskEventType.REJECTED, from_status="REVIEWING", to_status=to.value,
+                 actor=reviewer, message=feedback)
+    if to is TaskStatus.PENDING:
+        _requeue(task, now)
+    else:
+        task.status = TaskStatus.FAILED.value
+        task.last_error = f"rejected on the last attempt ({task.attempt}/{task.max_attempts}): {feedback or ''}".rstrip(": ")
+    await session.flush()
+    return task
+
+
+async def release(
+    session: AsyncSession, task_id: int, agent: Agent | None, policy: Policy, *, reason: str | None, attempt: int | None
+) -> Task:
+    task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="release")
+    holder = agent or (await lock_agent_by_id(session, task.assignee_id) if task.assignee_id else None)
+    record_event(session, task, TaskEventType.RELEASED, from_status=task.status, to_status="PENDING",
+                 actor=agent.name if agent else None, message=reason)
+    _requeue(task, utcnow())
+    if agent is not None:
+        await touch(session, agent, lease_seconds=policy.lease_seconds)
+    elif holder is not None:
+        await refresh_status(session, holder)
+    return task
+
+
+async def requeue_or_fail(
+    session: AsyncSession, task: Task, policy: Policy, *, event: TaskEventType, error: str,
+    retryable: bool = True, backoff: bool = True, actor: str | None = None, count_failure: bool = True,
+) -> None:
+    """The failTask rule, shared with lease expiry and timeouts: back to PENDING (after a
+    backoff) while attempts remain, else FAILED."""
+    now = utcnow()
+    before = task.status
+    task.last_error = error
+    if count_failure and task.assignee_id is not None:
+        await session.execute(
+            update(Agent).where(Agent.id == task.assignee_id).values(failed_count=Agent.failed_count + 1),
+            execution_options={"synchronize_session": False},
+        )
+    if retryable and task.attempt < task.max_attempts:
+        delay = policy.backoff(task.attempt) if backoff else 0
+        available = now + timedelta(seconds=delay) if delay > 0 else None
+        record_event(session, task, event, from_status=before, to_status="PENDING", actor=actor, message=error,
+                     data={"retryAt": available.isoformat()} if available else None)
+        _requeue(task, now, available_at=available)
+    else:
+        record_event(session, task, event, from_status=before, to_status="FAILED", actor=actor, message=error)
+        task.status = TaskStatus.FAILED.value
+        task.lease_expires_at = None
+        task.updated_at = now
+    await session.flush()
+
+
+async def fail(
+    session: AsyncSession, task_id: int, agent: Agent, policy: Policy, *, error: str, retryable: bool, attempt: int | None
+) -> Task:
+    task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="fail")
+    await requeue_or_fail(session, task, policy, event=TaskEventType.FAILED, error=error, retryable=retryable, actor=agent.name)
+    await touch(session, agent, lease_seconds=policy.lease_seconds)
+    return task
+
+
+async def retry(session: AsyncSession, task_id: int, *, actor: str | None) -> Task:
+    task = await require_task(session, task_id, lock=True)
+    if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        raise InvalidTransition(f"task {task_id} is {task.status}; only FAILED or CANCELLED tasks can be retried")
+    before = task.status
+    if task.attempt >= task.max_attempts:
+        task.max_attempts = task.attempt + 1
+    _requeue(task, utcnow())
+    record_event(session, task, TaskEventType.RETRIED, from_status=before, to_status="PENDING", actor=actor,
+                 data={"maxAttempts": task.max_attempts})
+    await session.flush()
+    return task
+
+
+async def cancel(session: AsyncSession, task_id: int, *, reason: str | None, actor: str | None) -> Task:
+    task = await require_task(session, task_id)
+    holder = await lock_agent_by_id(session, task.assignee_id) if task.assignee_id else None
+    task = await require_task(session, task_id, lock=True)
+    if task.status in TERMINAL_STATUSES:
+        raise InvalidTransition(f"task {task_id} is already {task.status}; only unfinished tasks can be cancelled")
+    before = task.status
+    now = utcnow()
+    task.status = TaskStatus.CANCELLED.value
+    task.lease_expires_at = None
+    task.updated_at = now
+    record_event(session, task, TaskEventType.CANCELLED, from_status=before, to_status="CANCELLED", actor=actor, message=reason)
+    if holder is not None and holder.id == task.assignee_id:
+        await refresh_status(session, holder, now=now)
+    await session.flush()
+    return task
+
+
+async def release_all(session: AsyncSession, agent: Agent, *, reason: str, actor: str | None) -> list[Task]:
+    """Return every active task of `agent` (locked) to PENDING: unregistering."""
+    tasks = (
+        await session.scalars(
+            select(Task).where(Task.assignee_id == agent.id, Task.status.in_(ACTIVE_STATUSES)).with_for_update()
+        )
+    ).all()
+    now = utcnow()
+    for task in tasks:
+        record_event(session, task, TaskEventType.RELEASED, from_status=task.status, to_status="PENDING", actor=actor, message=reason)
+        _requeue(task, now)
+    await session.flush()
+    return list(tasks)

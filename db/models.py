@@ -1,0 +1,253 @@
+"""The tables. Every relationship is lazy="raise": load what you need explicitly."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, BigId, JSONType, UTCDateTime, utcnow
+from .enums import AgentStatus, ProjectStatus, TaskStatus
+
+NAME_LENGTH = 100
+TITLE_LENGTH = 500
+DESCRIPTION_LENGTH = 10_000
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=ProjectStatus.ACTIVE.value)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    role: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    skills: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    capabilities: Mapped[Any | None] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16), default=AgentStatus.ONLINE.value)
+    max_concurrent_tasks: Mapped[int] = mapped_column(Integer)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Counters kept by the lifecycle so stats never scan the task table.
+    claimed_count: Mapped[int] = mapped_column(Integer, default=0)
+    completed_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        # The reaper's scan for agents whose heartbeat went stale.
+        Index("ix_agents_status_heartbeat", "status", "last_heartbeat_at"),
+        # Never reuse the id of a deleted row: the event log and clients still refer to it.
+        {"sqlite_autoincrement": True},
+    )
+
+
+class SkillSet(Base):
+    """A distinct set of required skills. Tasks point at one, so claimNextTask can pick the
+    sets an agent satisfies from this small table and never scan tasks it cannot take."""
+
+    __tablename__ = "skill_sets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(Text, unique=True)  # sorted skills joined by "\n"
+    skills: Mapped[list[str]] = mapped_column(JSONType, default=list)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
+    title: Mapped[str] = mapped_column(String(TITLE_LENGTH))
+    description: Mapped[str | None] = mapped_column(Text)
+    task_type: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.PENDING.value)
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    required_skills: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    skill_set_id: Mapped[int] = mapped_column(ForeignKey("skill_sets.id"))
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    reviewer: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    acceptance_criteria: Mapped[str | None] = mapped_column(Text)
+    requires_review: Mapped[bool] = mapped_column(Boolean, default=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    # Dependencies not COMPLETED yet: readiness kept materialised so claims never join.
+    unmet_dependencies: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[int | None] = mapped_column(Integer)
+    progress_message: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[Any | None] = mapped_column(JSONType)
+    summary: Mapped[str | None] = mapped_column(Text)
+    feedback: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    estimated_hours: Mapped[float | None] = mapped_column(Float)
+    timeout_minutes: Mapped[int | None] = mapped_column(Integer)
+    created_by: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    available_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("priority BETWEEN 1 AND 10", name="priority_range"),
+        CheckConstraint("progress IS NULL OR progress BETWEEN 0 AND 100", name="progress_range"),
+        UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_project_idempotency"),
+        Index("ix_tasks_project_id", "project_id", "id"),
+        Index("ix_tasks_parent_id", "parent_id"),
+        Index("ix_tasks_assignee_status", "assignee_id", "status"),
+        Index("ix_tasks_status", "status", "id"),
+        # claimNextTask: only claimable candidates are in the index, in claim order, per skill set.
+        Index(
+            "ix_tasks_claim_order",
+            "skill_set_id",
+            text("priority DESC"),
+            "due_at",
+            "created_at",
+            "id",
+            postgresql_where=text(
+                "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
+            ),
+            sqlite_where=text(
+                "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
+            ),
+        ),
+        # The reaper's scans: expiring leases and running tasks that may time out.
+        Index(
+            "ix_tasks_lease",
+            "lease_expires_at",
+            postgresql_where=text("status IN ('ASSIGNED', 'RUNNING')"),
+            sqlite_where=text("status IN ('ASSIGNED', 'RUNNING')"),
+        ),
+        Index("ix_tasks_deleted_at", "deleted_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class TaskDependency(Base):
+    """task_id depends on depends_on_id: the latter must be COMPLETED first."""
+
+    __tablename__ = "task_dependencies"
+
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    depends_on_id: Mapped[int] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (
+        CheckConstraint("task_id <> depends_on_id", name="not_self"),
+        Index("ix_task_dependencies_depends_on_id", "depends_on_id", "task_id"),
+    )
+
+
+class TaskEvent(Base):
+    """The append-only log of task changes, written in the transaction of the change.
+
+    `id` is handed out at insert time, so ids of concurrent transactions may commit out of
+    order. `seq` is the public cursor (TaskEvent.id on the API): the sequencer stamps
+    committed, unstamped rows with increasing values in one short serialised transaction,
+    so a reader that has seen seq N can never later find a row below N. Rows without a seq
+    are invisible to `events` and subscriptions. See events/sequencer.py.
+    """
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    seq: Mapped[int | None] = mapped_column(BigId, unique=True)
+    # No foreign keys: the log outlives hard-deleted tasks and projects.
+    task_id: Mapped[int] = mapped_column(BigId)
+    project_id: Mapped[int] = mapped_column(BigId)
+    type: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    agent_id: Mapped[int | None] = mapped_column(BigId)  # the task's assignee at the time
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[Any | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index(
+            "ix_task_events_unsequenced",
+            "id",
+            postgresql_where=text("seq IS NULL"),
+            sqlite_where=text("seq IS NULL"),
+        ),
+        Index("ix_task_events_task_seq", "task_id", "seq"),
+        Index("ix_task_events_project_seq", "project_id", "seq"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class TaskTypeDefault(Base):
+    __tablename__ = "task_type_defaults"
+
+    task_type: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    timeout_minutes: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer)
+
+
+class IdempotencyKey(Base):
+    """The first result of a mutation repeated with the same key by the same caller."""
+
+    __tablename__ = "idempotency_keys"
+
+    caller: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+# Seeded by the first migration; editable afterwards.
+TASK_TYPE_DEFAULTS: dict[str, tuple[int, int, int]] = {
+    "research": (120, 4, 5),
+    "copywrite": (60, 4, 5),
+    "video": (240, 4, 5),
+    "review": (30, 3, 8),
+    "publish": (30, 3, 7),
+    "analysis": (90, 4, 5),
+    "design": (180, 4, 5),
+    "development": (180, 4, 5),
+    "testing": (120, 4, 5),
+    "deployment": (60, 3, 7),
+    "coordination": (60, 3, 6),
+}

@@ -1,0 +1,126 @@
+"""Projects: create, read, update, soft and hard delete, restore."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..errors import NotFound
+from .base import utcnow
+from .enums import TaskEventType
+from .events import record_event
+from .models import Project, Task
+
+
+async def get_project(session: AsyncSession, project_id: int, *, include_deleted: bool = True) -> Project | None:
+    project = await session.get(Project, project_id)
+    if project is None or (project.deleted_at is not None and not include_deleted):
+        return None
+    return project
+
+
+async def require_project(session: AsyncSession, project_id: int, *, for_update: bool = False) -> Project:
+    """The live project, or NotFound (a soft-deleted project counts as missing)."""
+    query = select(Project).where(Project.id == project_id)
+    if for_update:
+        query = query.with_for_update()
+    project = await session.scalar(query)
+    if project is None or project.deleted_at is not None:
+        raise NotFound(f"project {project_id} does not exist (or is deleted); check the id")
+    return project
+
+
+async def projects_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Project]:
+    rows = await session.scalars(select(Project).where(Project.id.in_(ids)))
+    return {row.id: row for row in rows}
+
+
+async def list_projects(
+    session: AsyncSession, *, status: str | None = None, include_deleted: bool = False
+) -> Sequence[Project]:
+    query = select(Project).order_by(Project.id)
+    if status is not None:
+        query = query.where(Project.status == status)
+    if not include_deleted:
+        query = query.where(Project.deleted_at.is_(None))
+    return (await session.scalars(query)).all()
+
+
+async def create_project(
+    session: AsyncSession, *, name: str, description: str | None, status: str
+) -> Project:
+    project = Project(name=name, description=description, status=status)
+    session.add(project)
+    await session.flush()
+    return project
+
+
+async def update_project(session: AsyncSession, project_id: int, **changes: object) -> Project:
+    project = await require_project(session, project_id, for_update=True)
+    for field, value in changes.items():
+        setattr(project, field, value)
+    project.updated_at = utcnow()
+    await session.flush()
+    return project
+
+
+async def soft_delete_project(session: AsyncSession, project_id: int, *, actor: str | None) -> None:
+    """Hide the project and its live tasks with one timestamp, so that restoring brings back
+    exactly those; each hidden task gets a DELETED event."""
+    project = await require_project(session, project_id, for_update=True)
+    now = utcnow()
+    project.deleted_at = now
+    project.updated_at = now
+    await _set_tasks_deleted(session, project_id, match=None, value=now, actor=actor)
+
+
+async def restore_project(session: AsyncSession, project_id: int, *, actor: str | None) -> Project:
+    project = await session.scalar(select(Project).where(Project.id == project_id).with_for_update())
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist")
+    if project.deleted_at is not None:
+        await _set_tasks_deleted(session, project_id, match=project.deleted_at, value=None, actor=actor)
+        project.deleted_at = None
+        project.updated_at = utcnow()
+    await session.flush()
+    return project
+
+
+async def _set_tasks_deleted(
+    session: AsyncSession, project_id: int, *, match: datetime | None, value: datetime | None, actor: str | None
+) -> None:
+    tasks = await session.scalars(
+        select(Task)
+        .where(Task.project_id == project_id, Task.deleted_at.is_(None) if match is None else Task.deleted_at == match)
+        .with_for_update()
+    )
+    kind = TaskEventType.DELETED if value is not None else TaskEventType.RESTORED
+    for task in tasks:
+        task.deleted_at = value
+        task.updated_at = utcnow()
+        record_event(session, task, kind, from_status=task.status, to_status=task.status, actor=actor,
+                     data={"withProject": str(project_id)})
+    await session.flush()
+
+
+async def hard_delete_project(session: AsyncSession, project_id: int) -> None:
+    result = await session.execute(delete(Project).where(Project.id == project_id))
+    if result.rowcount == 0:
+        raise NotFound(f"project {project_id} does not exist")
+
+
+async def status_counts(session: AsyncSession, project_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Live (not deleted) task counts per status for each project, in one statement."""
+    rows = await session.execute(
+        select(Task.project_id, Task.status, func.count())
+        .where(Task.project_id.in_(project_ids), Task.deleted_at.is_(None))
+        .group_by(Task.project_id, Task.status)
+    )
+    counts: dict[int, dict[str, int]] = {pid: {} for pid in project_ids}
+    for project_id, status, count in rows:
+        counts[project_id][status] = count
+    return counts

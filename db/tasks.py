@@ -1,0 +1,374 @@
+"""Tasks: create (one or a batch), read with filters and keyset pagination, update, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..errors import BadInput, NotFound
+from .agents import refresh_status, require_agent
+from .base import insert_ignore, utcnow
+from .enums import HELD_STATUSES, TaskEventType, TaskStatus
+from .events import record_event
+from .models import Agent, SkillSet, Task, TaskDependency, TaskTypeDefault
+
+
+@dataclass
+class NewTask:
+    """A validated task to insert; `depends_on` are existing ids, `depends_on_refs` indexes
+    into the same batch."""
+
+    title: str
+    task_type: str
+    description: str | None = None
+    priority: int | None = None
+    tags: list[str] = field(default_factory=list)
+    required_skills: list[str] = field(default_factory=list)
+    assignee: str | None = None
+    reviewer: str | None = None
+    acceptance_criteria: str | None = None
+    requires_review: bool = True
+    parent_id: int | None = None
+    depends_on: list[int] = field(default_factory=list)
+    depends_on_refs: list[int] = field(default_factory=list)
+    max_attempts: int | None = None
+    estimated_hours: float | None = None
+    timeout_minutes: int | None = None
+    available_at: datetime | None = None
+    due_at: datetime | None = None
+    created_by: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    timeout_minutes: int
+    max_attempts: int
+    priority: int
+
+
+async def type_defaults(session: AsyncSession, task_types: set[str]) -> dict[str, TaskDefaults]:
+    rows = await session.scalars(select(TaskTypeDefault).where(TaskTypeDefault.task_type.in_(task_types)))
+    return {r.task_type: TaskDefaults(r.timeout_minutes, r.max_attempts, r.priority) for r in rows}
+
+
+async def skill_set_ids(session: AsyncSession, skill_lists: Sequence[list[str]]) -> list[int]:
+    """The skill_sets row of each list of skills (created when new), in order."""
+    keys = ["\n".join(sorted(set(skills))) for skills in skill_lists]
+    wanted = set(keys)
+    found = dict((await session.execute(select(SkillSet.key, SkillSet.id).where(SkillSet.key.in_(wanted)))).all())
+    for key in wanted - found.keys():
+        await insert_ignore(session, SkillSet, {"key": key, "skills": key.split("\n") if key else []})
+    if wanted - found.keys():
+        found = dict((await session.execute(select(SkillSet.key, SkillSet.id).where(SkillSet.key.in_(wanted)))).all())
+    return [found[key] for key in keys]
+
+
+async def get_task(session: AsyncSession, task_id: int) -> Task | None:
+    return await session.get(Task, task_id)
+
+
+async def require_task(session: AsyncSession, task_id: int, *, lock: bool = False) -> Task:
+    """The live task, optionally locked FOR UPDATE, or NotFound."""
+    query = select(Task).where(Task.id == task_id)
+    if lock:
+        query = query.with_for_update()
+    task = await session.scalar(query)
+    if task is None or task.deleted_at is not None:
+        raise NotFound(f"task {task_id} does not exist (or is deleted); check the id")
+    return task
+
+
+async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Task]:
+    rows = await session.scalars(select(Task).where(Task.id.in_(ids)))
+    return {row.id: row for row in rows}
+
+
+async def existing_by_idempotency_key(session: AsyncSession, project_id: int, key: str) -> Task | None:
+    return await session.scalar(
+        select(Task).where(Task.project_id == project_id, Task.idempotency_key == key)
+    )
+
+
+async def insert_tasks(
+    session: AsyncSession,
+    project_id: int,
+    items: Sequence[NewTask],
+    *,
+    default_timeout_minutes: int,
+    default_max_attempts: int,
+    lease_seconds: float,
+    actor: str | None,
+) -> list[Task]:
+    """Insert the tasks with their dependencies and CREATED events, all or nothing.
+
+    Existing dependency and parent ids must be live tasks of the same project; refs must
+    not form a cycle (checked by the caller). Pre-assigned tasks start ASSIGNED.
+    """
+    now = utcnow()
+    defaults = await type_defaults(session, {item.task_type for item in items})
+    existing_ids = {i for item in items for i in item.depends_on} | {
+        item.parent_id for item in items if item.parent_id is not None
+    }
+    existing = await tasks_by_ids(session, sorted(existing_ids)) if existing_ids else {}
+    for task_id in existing_ids:
+        row = existing.get(task_id)
+        if row is None or row.deleted_at is not None:
+            raise NotFound(f"task {task_id} does not exist (or is deleted); check dependsOn and parentId")
+        if row.project_id != project_id:
+            raise BadInput(
+                f"task {task_id} belongs to project {row.project_id}; dependencies and parents "
+                f"must be in the same project ({project_id})"
+            )
+    assignees: dict[str, Agent] = {}
+    for name in {item.assignee for item in items if item.assignee}:
+        assignees[name] = await require_agent(session, name, lock=True)
+    skill_ids = await skill_set_ids(session, [item.required_skills for item in items])
+
+    rows: list[Task] = []
+    for item, skill_id in zip(items, skill_ids, strict=True):
+        d = defaults.get(item.task_type) or TaskDefaults(default_timeout_minutes, default_max_attempts, 5)
+        unmet = sum(1 for i in item.depends_on if existing[i].status != TaskStatus.COMPLETED)
+        row = Task(
+            project_id=project_id,
+            parent_id=item.parent_id,
+            title=item.title,
+            description=item.description,
+            task_type=item.task_type,
+            status=TaskStatus.PENDING.value,
+            priority=item.priority if item.priority is not None else d.priority,
+            tags=item.tags,
+            required_skills=sorted(set(item.required_skills)),
+            skill_set_id=skill_id,
+            reviewer=item.reviewer,
+            acceptance_criteria=item.acceptance_criteria,
+            requires_review=item.requires_review,
+            attempt=0,
+            max_attempts=item.max_attempts or d.max_attempts,
+            unmet_dependencies=unmet + len(set(item.depends_on_refs)),
+            estimated_hours=item.estimated_hours,
+            timeout_minutes=item.timeout_minutes or d.timeout_minutes,
+            created_by=item.created_by,
+            idempotency_key=item.idempotency_key,
+            created_at=now,
+            updated_at=now,
+            available_at=item.available_at,
+            due_at=item.due_at,
+        )
+        if item.assignee:
+            agent = assignees[item.assignee]
+            row.status = TaskStatus.ASSIGNED.value
+            row.assignee_id = agent.id
+            row.attempt = 1
+            row.assigned_at = now
+            row.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            agent.claimed_count += 1
+        rows.append(row)
+    session.add_all(rows)
+    await session.flush()
+
+    links = [
+        {"task_id": row.id, "depends_on_id": dep}
+        for row, item in zip(rows, items, strict=True)
+        for dep in sorted(set(item.depends_on) | {rows[i].id for i in item.depends_on_refs})
+    ]
+    if links:
+        await session.execute(TaskDependency.__table__.insert(), links)
+    for row in rows:
+        record_event(session, row, TaskEventType.CREATED, to_status=row.status, actor=actor)
+    for agent in assignees.values():
+        await refresh_status(session, agent, now=now)
+    await session.flush()
+    return rows
+
+
+@dataclass
+class TaskQuery:
+    project_id: int | None = None
+    statuses: list[str] | None = None
+    assignee_id: int | None = None
+    task_type: str | None = None
+    tags: list[str] | None = None
+    search: str | None = None
+    ready_only: bool = False
+    include_deleted: bool = False
+    skill_set_ids: list[int] | None = None
+    active_projects_only: bool = False
+    extra: list[Any] = field(default_factory=list)
+
+
+def _filtered(q: TaskQuery) -> Select[tuple[Task]]:
+    from .models import Project
+
+    query = select(Task)
+    if q.project_id is not None:
+        query = query.where(Task.project_id == q.project_id)
+    if q.statuses:
+        query = query.where(Task.status.in_(q.statuses))
+    if q.assignee_id is not None:
+        query = query.where(Task.assignee_id == q.assignee_id)
+    if q.task_type is not None:
+        query = query.where(Task.task_type == q.task_type)
+    if q.search:
+        pattern = f"%{like_escape(q.search.lower())}%"
+        query = query.where(
+            or_(
+                func.lower(Task.title).like(pattern, escape="\\"),
+                func.lower(func.coalesce(Task.description, "")).like(pattern, escape="\\"),
+            )
+        )
+    if q.tags:
+        query = query.where(or_(*(_has_tag(tag) for tag in q.tags)))
+    if q.ready_only:
+        query = query.where(*ready_conditions(utcnow()))
+    elif not q.include_deleted:
+        query = query.where(Task.deleted_at.is_(None))
+    if q.skill_set_ids is not None:
+        query = query.where(Task.skill_set_id.in_(q.skill_set_ids))
+    if q.active_projects_only:
+        query = query.where(
+            Task.project_id.in_(select(Project.id).where(Project.status == "ACTIVE", Project.deleted_at.is_(None)))
+        )
+    return query.where(*q.extra)
+
+
+def _has_tag(tag: str) -> Any:
+    # JSON containment differs per dialect; a quoted-substring match on the serialised
+    # array works on both (tags are validated to be free of quotes and backslashes).
+    from sqlalchemy import String, cast
+
+    return cast(Task.tags, String).like(f'%"{like_escape(tag)}"%', escape="\\")
+
+
+def like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def ready_conditions(now: datetime) -> list[Any]:
+    return [
+        Task.status == TaskStatus.PENDING.value,
+        Task.unmet_dependencies == 0,
+        Task.deleted_at.is_(None),
+        or_(Task.available_at.is_(None), Task.available_at <= now),
+    ]
+
+
+async def list_tasks(
+    session: AsyncSession, q: TaskQuery, *, first: int, after_id: int | None
+) -> tuple[list[Task], bool, int]:
+    """A page of tasks in id order after `after_id`, whether more follow, and the total."""
+    query = _filtered(q)
+    total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if after_id is not None:
+        query = query.where(Task.id > after_id)
+    rows = list((await session.scalars(query.order_by(Task.id).limit(first + 1))).all())
+    return rows[:first], len(rows) > first, total
+
+
+def claim_order() -> list[Any]:
+    return [Task.priority.desc(), Task.due_at.asc().nulls_last(), Task.created_at, Task.id]
+
+
+async def list_ready(session: AsyncSession, q: TaskQuery, *, first: int) -> list[Task]:
+    q.ready_only = True
+    return list((await session.scalars(_filtered(q).order_by(*claim_order()).limit(first))).all())
+
+
+async def children_of(session: AsyncSession, parent_ids: Sequence[int]) -> dict[int, list[Task]]:
+    rows = await session.scalars(
+        select(Task).where(Task.parent_id.in_(parent_ids), Task.deleted_at.is_(None)).order_by(Task.id)
+    )
+    grouped: dict[int, list[Task]] = {pid: [] for pid in parent_ids}
+    for row in rows:
+        grouped[row.parent_id].append(row)  # type: ignore[index]
+    return grouped
+
+
+async def update_task(session: AsyncSession, task_id: int, changes: dict[str, Any], *, actor: str | None) -> Task:
+    task = await require_task(session, task_id, lock=True)
+    if "required_skills" in changes:
+        changes["required_skills"] = sorted(set(changes["required_skills"]))
+        (task.skill_set_id,) = await skill_set_ids(session, [changes["required_skills"]])
+    before = {name: _jsonable(getattr(task, name)) for name in changes}
+    for name, value in changes.items():
+        setattr(task, name, value)
+    task.updated_at = utcnow()
+    after = {name: _jsonable(getattr(task, name)) for name in changes}
+    changed = {name: after[name] for name in changes if before[name] != after[name]}
+    if changed:
+        record_event(session, task, TaskEventType.UPDATED, actor=actor, data={"changed": changed})
+    await session.flush()
+    return task
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+async def soft_delete_task(session: AsyncSession, task_id: int, *, actor: str | None) -> Task:
+    task = await require_task(session, task_id, lock=True)
+    now = utcnow()
+    task.deleted_at = now
+    task.updated_at = now
+    record_event(session, task, TaskEventType.DELETED, from_status=task.status, to_status=task.status, actor=actor)
+    if task.assignee_id is not None and task.status in HELD_STATUSES:
+        agent = await session.get(Agent, task.assignee_id, with_for_update=True)
+        if agent is not None:
+            await refresh_status(session, agent, now=now)
+    await session.flush()
+    return task
+
+
+async def restore_task(session: AsyncSession, task_id: int, *, actor: str | None) -> Task:
+    task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+    if task is None:
+        raise NotFound(f"task {task_id} does not exist")
+    if task.deleted_at is not None:
+        from .projects import require_project
+
+        await require_project(session, task.project_id)
+        task.deleted_at = None
+        task.updated_at = utcnow()
+        record_event(session, task, TaskEventType.RESTORED, from_status=task.status, to_status=task.status, actor=actor)
+        await session.flush()
+    return task
+
+
+async def hard_delete_task(session: AsyncSession, task_id: int, *, actor: str | None) -> list[int]:
+    """Delete the row and its dependency links; returns its dependents (to re-count)."""
+    task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+    if task is None:
+        raise NotFound(f"task {task_id} does not exist")
+    dependents = list(
+        await session.scalars(select(TaskDependency.task_id).where(TaskDependency.depends_on_id == task_id))
+    )
+    record_event(session, task, TaskEventType.DELETED, from_status=task.status, actor=actor, data={"hard": True})
+    agent_id = task.assignee_id if task.status in HELD_STATUSES else None
+    await session.execute(delete(TaskDependency).where(
+        or_(TaskDependency.task_id == task_id, TaskDependency.depends_on_id == task_id)
+    ))
+    await session.execute(update(Task).where(Task.parent_id == task_id).values(parent_id=None))
+    await session.execute(delete(Task).where(Task.id == task_id))
+    if agent_id is not None:
+        agent = await session.get(Agent, agent_id, with_for_update=True)
+        if agent is not None:
+            await refresh_status(session, agent)
+    return dependents
+
+
+async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> int:
+    """Hard-delete tasks soft-deleted before `older_than` (the reaper's retention purge)."""
+    ids = list(await session.scalars(select(Task.id).where(Task.deleted_at < older_than).limit(1000)))
+    if not ids:
+        return 0
+    await session.execute(delete(TaskDependency).where(
+        or_(TaskDependency.task_id.in_(ids), TaskDependency.depends_on_id.in_(ids))
+    ))
+    await session.execute(update(Task).where(Task.parent_id.in_(ids)).values(parent_id=None))
+    await session.execute(delete(Task).where(Task.id.in_(ids)))
+    return len(ids)

@@ -1,0 +1,71 @@
+"""Domain errors: an ErrorCode from the contract and a message that says what to do."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    INVALID_TRANSITION = "INVALID_TRANSITION"
+    DEPENDENCIES_NOT_MET = "DEPENDENCIES_NOT_MET"
+    CYCLE_DETECTED = "CYCLE_DETECTED"
+    LIMIT_REACHED = "LIMIT_REACHED"
+    STALE_ATTEMPT = "STALE_ATTEMPT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    RATE_LIMITED = "RATE_LIMITED"
+    QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+    INTERNAL = "INTERNAL"
+
+
+class DomainError(Exception):
+    """A failure the caller can act on; mapped to a GraphQL error in schema/errors.py."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, **extensions: Any):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extensions = extensions
+
+
+class BadInput(DomainError):
+    code = ErrorCode.BAD_USER_INPUT
+
+
+class NotFound(DomainError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(DomainError):
+    code = ErrorCode.CONFLICT
+
+
+class InvalidTransition(DomainError):
+    code = ErrorCode.INVALID_TRANSITION
+
+
+class DependenciesNotMet(DomainError):
+    code = ErrorCode.DEPENDENCIES_NOT_MET
+
+
+class CycleDetected(DomainError):
+    code = ErrorCode.CYCLE_DETECTED
+
+
+class LimitReached(DomainError):
+    code = ErrorCode.LIMIT_REACHED
+
+
+class StaleAttempt(DomainError):
+    code = ErrorCode.STALE_ATTEMPT
+
+
+class Forbidden(DomainError):
+    code = ErrorCode.FORBIDDEN

@@ -1,0 +1,1 @@
+"""The event log's sequencer, the bus, and subscription replay."""

@@ -1,0 +1,1 @@
+"""The functions behind Query/Mutation/Subscription fields: who may do what, one transaction."""

@@ -1,0 +1,95 @@
+"""Agent queries and mutations: registration, heartbeats, unregister and restore."""
+
+from __future__ import annotations
+
+import strawberry
+from sqlalchemy import delete
+
+from ..db import agents as db
+from ..db.lifecycle import release_all
+from ..db.models import Agent as AgentRow
+from ..errors import NotFound
+from ..schema.agents import Agent, AgentRegistration, RegisterAgentInput
+from ..schema.enums import AgentStatus
+from . import validate
+from .context import Context
+from .lifecycle import agent_name
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type
+class AgentQuery:
+    @strawberry.field
+    async def agent(self, info: Info, name: str) -> Agent | None:
+        async with info.context.services.read() as session:
+            row = await db.get_agent(session, name)
+        return Agent.from_row(row) if row is not None else None
+
+    @strawberry.field
+    async def agents(
+        self, info: Info, status: AgentStatus | None = None, skill: str | None = None,
+        include_deleted: bool | None = False,
+    ) -> list[Agent]:
+        async with info.context.services.read() as session:
+            rows = await db.list_agents(
+                session, status=status.value if status else None, skill=skill, include_deleted=bool(include_deleted)
+            )
+        return [Agent.from_row(row) for row in rows]
+
+
+@strawberry.type
+class AgentMutation:
+    @strawberry.mutation(description="Upsert by name; re-registering rotates the token.")
+    async def register_agent(self, info: Info, input: RegisterAgentInput) -> AgentRegistration:  # noqa: A002
+        name = validate.name(input.name, "name") or ""
+        role = validate.name(input.role, "role", required=False)
+        skills = validate.labels(input.skills, "skills")
+        limit = validate.int_range(input.max_concurrent_tasks, "maxConcurrentTasks", 1, 1000)
+        async with info.context.services.transaction() as session:
+            row, token = await db.register_agent(
+                session, name=name, role=role, skills=skills, capabilities=input.capabilities,
+                max_concurrent_tasks=limit,
+                default_max_concurrent=info.context.settings.max_concurrent_tasks_per_agent,
+            )
+        return AgentRegistration(agent=Agent.from_row(row), token=token)
+
+    @strawberry.mutation(description="Renews the leases of the agent's tasks.")
+    async def heartbeat(self, info: Info, agent: str | None = None) -> Agent:
+        name = agent_name(agent)
+        async with info.context.services.transaction() as session:
+            row = await db.require_agent(session, name, lock=True)
+            await db.touch(session, row, lease_seconds=info.context.settings.lease)
+        return Agent.from_row(row)
+
+    @strawberry.mutation(description="Its active tasks return to PENDING; hard: true erases the agent.")
+    async def unregister_agent(self, info: Info, name: str, hard: bool | None = False) -> bool:
+        actor = info.context.caller()
+        async with info.context.services.transaction() as session:
+            row = await db.get_agent(session, name)
+            if row is None:
+                raise NotFound(f"agent '{name}' is not registered")
+            row = await db.lock_agent_by_id(session, row.id)
+            assert row is not None
+            await release_all(session, row, reason=f"agent '{name}' was unregistered", actor=actor)
+            if hard:
+                await session.execute(delete(AgentRow).where(AgentRow.id == row.id))
+            else:
+                row.deleted_at = row.deleted_at or db.utcnow()
+                row.token_hash = None
+                await db.refresh_status(session, row, offline=True)
+        return True
+
+    @strawberry.mutation
+    async def restore_agent(self, info: Info, name: str) -> Agent:
+        async with info.context.services.transaction() as session:
+            row = await db.get_agent(session, name)
+            if row is None:
+                raise NotFound(f"agent '{name}' does not exist")
+            row = await db.lock_agent_by_id(session, row.id)
+            assert row is not None
+            if row.deleted_at is not None:
+                row.deleted_at = None
+                row.last_heartbeat_at = db.utcnow()
+                await db.refresh_status(session, row)
+        return Agent.from_row(row)

@@ -1,0 +1,195 @@
+"""The agent-facing lifecycle mutations: claim, start, progress, submit, release, fail, review,
+retry and cancel. Each runs one transaction: idempotency key, agent lock, transition."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+from strawberry.scalars import JSON
+
+from ..db import agents as db_agents
+from ..db import idempotency
+from ..db import lifecycle as db
+from ..db.models import Agent
+from ..db.models import Task as TaskRow
+from ..db.tasks import get_task
+from ..errors import BadInput
+from ..schema.tasks import Task
+from . import validate
+from .context import Context
+
+Info = strawberry.Info[Context, None]
+Action = Callable[[AsyncSession, Agent | None], Awaitable[TaskRow]]
+
+
+def policy(info: Info) -> db.Policy:
+    s = info.context.settings
+    return db.Policy(
+        lease_seconds=s.lease,
+        backoff_seconds=s.retry_backoff_seconds,
+        backoff_max_seconds=s.retry_backoff_max_seconds,
+    )
+
+
+def agent_name(agent: str | None) -> str:
+    """The acting agent; required while authentication is off (no token to name it)."""
+    if agent is None:
+        raise BadInput("agent is required: pass the name of the agent acting")
+    name = validate.name(agent, "agent")
+    assert name is not None
+    return name
+
+
+async def run(
+    info: Info, operation: str, action: Action, *, agent: str | None, key: str | None, caller: str | None = None
+) -> TaskRow:
+    """One transaction: replay an idempotent repeat, else lock the agent (if any) and act."""
+    who = caller or info.context.caller(agent)
+    async with info.context.services.transaction() as session:
+        if key is not None:
+            prior = await idempotency.claim_key(session, caller=who, key=key, operation=operation)
+            if prior is not None:
+                row = await get_task(session, prior)
+                if row is None:
+                    raise BadInput(f"idempotencyKey '{key}' belongs to a task that no longer exists")
+                return row
+        locked = await db_agents.require_agent(session, agent, lock=True) if agent is not None else None
+        task = await action(session, locked)
+        if key is not None:
+            await idempotency.remember(session, caller=who, key=key, task_id=task.id)
+    return task
+
+
+@strawberry.type
+class LifecycleMutation:
+    @strawberry.mutation
+    async def claim_task(
+        self, info: Info, id: strawberry.ID, agent: str | None = None, idempotency_key: str | None = None  # noqa: A002
+    ) -> Task:
+        task_id, name = validate.parse_id(id), agent_name(agent)
+        row = await run(
+            info, "claimTask", lambda s, a: db.claim(s, task_id, a, policy(info)), agent=name, key=idempotency_key
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation(description="Claims the best ready task this agent may take; null when none.")
+    async def claim_next_task(
+        self, info: Info, agent: str | None = None, project_id: strawberry.ID | None = None,
+        tags: list[str] | None = None,
+    ) -> Task | None:
+        name = agent_name(agent)
+        pid = validate.optional_id(project_id, "projectId")
+        labels = validate.labels(tags, "tags")
+        async with info.context.services.transaction() as session:
+            locked = await db_agents.require_agent(session, name, lock=True)
+            row = await db.claim_next(session, locked, policy(info), project_id=pid, tags=labels)
+        return Task.from_row(row) if row is not None else None
+
+    @strawberry.mutation
+    async def start_task(
+        self, info: Info, id: strawberry.ID, agent: str | None = None, attempt: int | None = None,  # noqa: A002
+        idempotency_key: str | None = None,
+    ) -> Task:
+        task_id, name = validate.parse_id(id), agent_name(agent)
+        row = await run(
+            info, "startTask", lambda s, a: db.start(s, task_id, a, policy(info), attempt=attempt),
+            agent=name, key=idempotency_key,
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation
+    async def report_progress(
+        self, info: Info, id: strawberry.ID, progress: int, agent: str | None = None,  # noqa: A002
+        message: str | None = None, attempt: int | None = None,
+    ) -> Task:
+        task_id, name = validate.parse_id(id), agent_name(agent)
+        validate.int_range(progress, "progress", 0, 100)
+        validate.description(message)
+        row = await run(
+            info, "reportProgress",
+            lambda s, a: db.report_progress(s, task_id, a, policy(info), progress=progress, message=message, attempt=attempt),
+            agent=name, key=None,
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation
+    async def submit_task(
+        self, info: Info, id: strawberry.ID, agent: str | None = None, result: JSON | None = None,  # noqa: A002
+        summary: str | None = None, attempt: int | None = None, idempotency_key: str | None = None,
+    ) -> Task:
+        task_id, name = validate.parse_id(id), agent_name(agent)
+        validate.description(summary)
+        row = await run(
+            info, "submitTask",
+            lambda s, a: db.submit(s, task_id, a, policy(info), result=result, summary=summary, attempt=attempt),
+            agent=name, key=idempotency_key,
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation
+    async def release_task(
+        self, info: Info, id: strawberry.ID, agent: str | None = None, reason: str | None = None,  # noqa: A002
+        attempt: int | None = None, idempotency_key: str | None = None,
+    ) -> Task:
+        task_id, name = validate.parse_id(id), agent_name(agent)
+        validate.description(reason)
+        row = await run(
+            info, "releaseTask",
+            lambda s, a: db.release(s, task_id, a, policy(info), reason=reason, attempt=attempt),
+            agent=name, key=idempotency_key,
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation
+    async def fail_task(
+        self, info: Info, id: strawberry.ID, error: str, agent: str | None = None,  # noqa: A002
+        retryable: bool | None = True, attempt: int | None = None, idempotency_key: str | None = None,
+    ) -> Task:
+        task_id, name = validate.parse_id(id), agent_name(agent)
+        validate.text(error, "error", limit=10_000, required=True)
+        row = await run(
+            info, "failTask",
+            lambda s, a: db.fail(
+                s, task_id, a, policy(info), error=error, retryable=retryable is not False, attempt=attempt
+            ),
+            agent=name, key=idempotency_key,
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation
+    async def review_task(
+        self, info: Info, id: strawberry.ID, reviewer: str, approved: bool,  # noqa: A002
+        feedback: str | None = None, idempotency_key: str | None = None,
+    ) -> Task:
+        task_id = validate.parse_id(id)
+        who = validate.name(reviewer, "reviewer") or ""
+        validate.description(feedback)
+        row = await run(
+            info, "reviewTask",
+            lambda s, _: db.review(s, task_id, reviewer=who, approved=approved, feedback=feedback),
+            agent=None, key=idempotency_key, caller=info.context.caller(who),
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation
+    async def retry_task(self, info: Info, id: strawberry.ID, idempotency_key: str | None = None) -> Task:  # noqa: A002
+        task_id = validate.parse_id(id)
+        row = await run(
+            info, "retryTask", lambda s, _: db.retry(s, task_id, actor=info.context.caller()),
+            agent=None, key=idempotency_key,
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation
+    async def cancel_task(
+        self, info: Info, id: strawberry.ID, reason: str | None = None, idempotency_key: str | None = None  # noqa: A002
+    ) -> Task:
+        task_id = validate.parse_id(id)
+        validate.description(reason)
+        row = await run(
+            info, "cancelTask", lambda s, _: db.cancel(s, task_id, reason=reason, actor=info.context.caller()),
+            agent=None, key=idempotency_key,
+        )
+        return Task.from_row(row)

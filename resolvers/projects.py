@@ -1,0 +1,79 @@
+"""Project queries and mutations."""
+
+from __future__ import annotations
+
+import strawberry
+
+from ..db import projects as db
+from ..schema.enums import ProjectStatus
+from ..schema.projects import CreateProjectInput, Project, UpdateProjectInput
+from . import validate
+from .context import Context
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type
+class ProjectQuery:
+    @strawberry.field
+    async def project(self, info: Info, id: strawberry.ID) -> Project | None:  # noqa: A002
+        async with info.context.services.read() as session:
+            row = await db.get_project(session, validate.parse_id(id))
+        return Project.from_row(row) if row is not None else None
+
+    @strawberry.field
+    async def projects(
+        self, info: Info, status: ProjectStatus | None = None, include_deleted: bool | None = False
+    ) -> list[Project]:
+        async with info.context.services.read() as session:
+            rows = await db.list_projects(
+                session, status=status.value if status else None, include_deleted=bool(include_deleted)
+            )
+        return [Project.from_row(row) for row in rows]
+
+
+@strawberry.type
+class ProjectMutation:
+    @strawberry.mutation
+    async def create_project(self, info: Info, input: CreateProjectInput) -> Project:  # noqa: A002
+        name = validate.name(input.name, "name")
+        description = validate.description(input.description)
+        async with info.context.services.transaction() as session:
+            row = await db.create_project(
+                session,
+                name=name or "",
+                description=description,
+                status=(input.status or ProjectStatus.ACTIVE).value,
+            )
+        return Project.from_row(row)
+
+    @strawberry.mutation
+    async def update_project(self, info: Info, id: strawberry.ID, input: UpdateProjectInput) -> Project:  # noqa: A002
+        changes: dict[str, object] = {}
+        if input.name is not strawberry.UNSET:
+            changes["name"] = validate.name(input.name, "name")
+        if input.description is not strawberry.UNSET:
+            changes["description"] = validate.description(input.description)
+        if input.status is not strawberry.UNSET:
+            if input.status is None:
+                raise validate.BadInput("status cannot be null; omit it to keep the current status")
+            changes["status"] = input.status.value
+        async with info.context.services.transaction() as session:
+            row = await db.update_project(session, validate.parse_id(id), **changes)
+        return Project.from_row(row)
+
+    @strawberry.mutation(description="Soft delete hides the project and its tasks; hard: true erases them.")
+    async def delete_project(self, info: Info, id: strawberry.ID, hard: bool | None = False) -> bool:  # noqa: A002
+        project_id = validate.parse_id(id)
+        async with info.context.services.transaction() as session:
+            if hard:
+                await db.hard_delete_project(session, project_id)
+            else:
+                await db.soft_delete_project(session, project_id, actor=info.context.caller())
+        return True
+
+    @strawberry.mutation
+    async def restore_project(self, info: Info, id: strawberry.ID) -> Project:  # noqa: A002
+        async with info.context.services.transaction() as session:
+            row = await db.restore_project(session, validate.parse_id(id), actor=info.context.caller())
+        return Project.from_row(row)
