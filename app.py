@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from . import __version__
 from .db.migrate import upgrade_to_head
+from .errors import DomainError, ErrorCode
 from .reaper import Reaper
 from .resolvers.context import GraphQLApp
 from .resolvers.stats import dashboard_stats_json
@@ -64,6 +66,14 @@ def create_app(settings: Settings) -> Starlette:
             "version": __version__,
             "uptimeSeconds": round(time.monotonic() - started, 1),
             "database": "ok",
+            # For operators and the leak tests: the bus's state and this process's task count
+            # (a closed WebSocket must give back its listeners and tasks).
+            "bus": {
+                "connected": services.bus.connected,
+                "listeners": services.bus.listener_count,
+                "reconnects": services.bus.reconnects,
+            },
+            "tasks": len(asyncio.all_tasks()),
         }
         try:
             async with services.read() as session:
@@ -84,7 +94,11 @@ def create_app(settings: Settings) -> Starlette:
 
     async def stats(request: Request) -> Response:
         services: Services = request.app.state.services
-        return JSONResponse(await dashboard_stats_json(services, request.query_params.get("projectId")))
+        try:
+            return JSONResponse(await dashboard_stats_json(services, request.query_params.get("projectId")))
+        except DomainError as exc:
+            status = 404 if exc.code is ErrorCode.NOT_FOUND else 400
+            return JSONResponse({"error": exc.message, "code": exc.code.value}, status_code=status)
 
     routes = [
         Route("/", root),

@@ -83,7 +83,9 @@ class Reaper:
                 got = await self._leader_conn.scalar(select(func.pg_try_advisory_lock(LEADER_LOCK_KEY)))
                 await self._leader_conn.commit()
                 if not got:
-                    await self._resign()
+                    # No lock taken on it: the connection can go back to the pool.
+                    conn, self._leader_conn = self._leader_conn, None
+                    await conn.close()
                     return False
                 log.info("reaper: this process is the leader")
             else:
@@ -99,6 +101,11 @@ class Reaper:
         self.is_leader = False
         conn, self._leader_conn = self._leader_conn, None
         if conn is not None:
+            # The session-level advisory lock belongs to the database connection, and a
+            # pool's reset-on-return does not release it: discard the connection instead of
+            # returning it, so the lock goes with it and another process can lead.
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
             with contextlib.suppress(Exception):
                 await conn.close()
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .db.agents import PresenceChange
 from .db.events import stamp_events
 from .db.session import create_engine, create_sessionmaker
+from .events.bus import EventBus
 from .events.sequencer import Sequencer
+from .events.stats_hub import StatsHub
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -19,11 +26,21 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    sequencer: Sequencer
+    bus: EventBus
+    sequencer: Sequencer = field(init=False)
+    stats_hub: StatsHub[Any] = field(init=False)
     is_sqlite: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.sequencer = Sequencer(self.sessionmaker, on_sequenced=self.bus.publish_horizon)
+
+        async def compute(project_id: int | None) -> Any:
+            from .resolvers.stats import compute_stats
+
+            return await compute_stats(self, project_id)
+
+        self.stats_hub = StatsHub(self.bus, compute, min_interval=self.settings.stats_min_interval_seconds)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -32,16 +49,36 @@ class Services:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
         )
-        sessionmaker = create_sessionmaker(engine)
-        return cls(settings, engine, sessionmaker, Sequencer(sessionmaker))
+        return cls(settings, engine, create_sessionmaker(engine), EventBus(settings.effective_broadcast_url))
 
     async def start(self) -> None:
+        try:
+            await self.bus.start()
+        except Exception as exc:
+            # The service still works without live updates; the bus watchdog keeps trying.
+            log.error("event bus %s is unreachable (%s); live updates wait for it", self.bus.url, exc)
+            self.bus.start_watchdog()
         if not self.is_sqlite:
             self.sequencer.start()
 
     async def close(self) -> None:
         await self.sequencer.stop()
+        await self.bus.stop()
         await self.engine.dispose()
+
+    async def _after_commit(self, session: AsyncSession, horizon: int | None) -> None:
+        if session.info.get("events_written"):
+            if self.is_sqlite:
+                if horizon:
+                    await self.bus.publish_horizon(horizon)
+            else:
+                await self.sequencer.sync()
+        changes: list[PresenceChange] = session.info.get("presence", [])
+        for change in changes:
+            await self.bus.publish_presence(
+                {"agentId": change.agent_id, "name": change.name, "previous": change.previous,
+                 "status": change.status, "at": change.at.isoformat()}
+            )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -51,12 +88,12 @@ class Services:
         made a change can read its events at once.
         """
         async with self.sessionmaker() as session:
+            horizon = None
             async with session.begin():
                 yield session
                 if self.is_sqlite and session.info.get("events_written"):
-                    await stamp_events(session)
-            if not self.is_sqlite and session.info.get("events_written"):
-                await self.sequencer.sync()
+                    horizon = await stamp_events(session)
+            await self._after_commit(session, horizon)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

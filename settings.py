@@ -32,7 +32,7 @@ def normalise_database_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     environment: Environment = Environment.DEVELOPMENT
     database_url: str = DEFAULT_DATABASE_URL
@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_tokens: int = Field(5000, ge=10)
     max_page_size: int = Field(500, ge=1)
     max_batch_size: int = Field(1000, ge=1)
+    max_subscriptions_per_connection: int = Field(20, ge=1)
+    max_subscriber_lag: int = Field(10_000, ge=1)
+    stats_min_interval_seconds: float = Field(0.5, ge=0)
+    ws_keepalive_seconds: float = Field(15, gt=0)
     graphiql: bool | None = None
     introspection: bool | None = None
     auto_migrate: bool | None = None

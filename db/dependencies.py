@@ -57,15 +57,23 @@ async def would_cycle(session: AsyncSession, task_id: int, depends_on_id: int) -
     return found is not None
 
 
+async def _lock_for_edit(session: AsyncSession, task_id: int) -> Task:
+    """Lock the task's project (serialising graph edits), then the task itself."""
+    task = await require_task(session, task_id)
+    await require_project(session, task.project_id, for_update=True)
+    # The unlocked read stays in the identity map, and a plain re-select does not refresh
+    # it: expire it so the locked read loads what a concurrent completion committed.
+    session.expire(task)
+    return await require_task(session, task_id, lock=True)
+
+
 async def add_dependency(session: AsyncSession, task_id: int, depends_on_id: int, *, actor: str | None) -> Task:
     """Make `task_id` wait for `depends_on_id`. Same project, no cycles; adding an existing
     dependency changes nothing. Edits are serialised per project (its row lock), so two
     concurrent additions cannot close a cycle between them."""
     if task_id == depends_on_id:
         raise CycleDetected(f"task {task_id} cannot depend on itself")
-    task = await require_task(session, task_id)
-    await require_project(session, task.project_id, for_update=True)
-    task = await require_task(session, task_id, lock=True)
+    task = await _lock_for_edit(session, task_id)
     # Locking the dependency waits out a concurrent completion of it, so its status is final.
     dependency = await require_task(session, depends_on_id, lock=True)
     if dependency.project_id != task.project_id:
@@ -96,9 +104,7 @@ async def add_dependency(session: AsyncSession, task_id: int, depends_on_id: int
 
 
 async def remove_dependency(session: AsyncSession, task_id: int, depends_on_id: int, *, actor: str | None) -> Task:
-    task = await require_task(session, task_id)
-    await require_project(session, task.project_id, for_update=True)
-    task = await require_task(session, task_id, lock=True)
+    task = await _lock_for_edit(session, task_id)
     removed = await session.execute(
         delete(TaskDependency).where(
             TaskDependency.task_id == task_id, TaskDependency.depends_on_id == depends_on_id
@@ -170,4 +176,7 @@ async def unblock_dependents(session: AsyncSession, completed: Task, *, actor: s
         record_event(
             session, task, TaskEventType.UNBLOCKED, actor=actor, data={"completedDependency": str(completed.id)}
         )
+    # Flush like every other writer here: on SQLite the transaction stamps events with a
+    # textual UPDATE just before commit, which does not autoflush pending rows.
+    await session.flush()
     return unblocked

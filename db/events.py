@@ -78,6 +78,7 @@ async def list_events(
     session: AsyncSession,
     *,
     after: int = 0,
+    upto: int | None = None,
     project_id: int | None = None,
     task_id: int | None = None,
     agent_id: int | None = None,
@@ -86,6 +87,8 @@ async def list_events(
 ) -> Sequence[TaskEvent]:
     """Stamped events with seq > after, oldest first (or newest first), filtered."""
     query = select(TaskEvent).where(TaskEvent.seq.is_not(None), TaskEvent.seq > after)
+    if upto is not None:
+        query = query.where(TaskEvent.seq <= upto)
     if project_id is not None:
         query = query.where(TaskEvent.project_id == project_id)
     if task_id is not None:

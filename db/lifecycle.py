@@ -155,12 +155,14 @@ async def held_task(
         raise StaleAttempt(
             f"task {task_id} is at attempt {task.attempt}, not {attempt}: it was re-claimed since; drop this work"
         )
-    if agent is not None and task.assignee_id != agent.id:
-        raise Forbidden(f"task {task_id} is not assigned to agent '{agent.name}'; only its assignee can {action} it")
+    # Status before ownership: an action the status does not allow (e.g. on an unassigned
+    # PENDING task) is INVALID_TRANSITION for everyone, not FORBIDDEN.
     if task.status not in allowed:
         raise InvalidTransition(
             f"task {task_id} is {task.status}; {action} needs it {' or '.join(allowed)}"
         )
+    if agent is not None and task.assignee_id != agent.id:
+        raise Forbidden(f"task {task_id} is not assigned to agent '{agent.name}'; only its assignee can {action} it")
     return task
 
 
@@ -336,8 +338,10 @@ async def retry(session: AsyncSession, task_id: int, *, actor: str | None) -> Ta
 
 
 async def cancel(session: AsyncSession, task_id: int, *, reason: str | None, actor: str | None) -> Task:
-    task = await require_task(session, task_id)
-    holder = await lock_agent_by_id(session, task.assignee_id) if task.assignee_id else None
+    # Agent before task (the claim order). Read only the assignee id unlocked: a Task loaded
+    # here would stay in the identity map and hide the state committed while we wait for the lock.
+    assignee_id = await session.scalar(select(Task.assignee_id).where(Task.id == task_id))
+    holder = await lock_agent_by_id(session, assignee_id) if assignee_id else None
     task = await require_task(session, task_id, lock=True)
     if task.status in TERMINAL_STATUSES:
         raise InvalidTransition(f"task {task_id} is already {task.status}; only unfinished tasks can be cancelled")

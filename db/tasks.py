@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Boolean, Select, String, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from ..errors import BadInput, NotFound
 from .agents import refresh_status, require_agent
@@ -237,12 +239,35 @@ def _filtered(q: TaskQuery) -> Select[tuple[Task]]:
     return query.where(*q.extra)
 
 
-def _has_tag(tag: str) -> Any:
-    # JSON containment differs per dialect; a quoted-substring match on the serialised
-    # array works on both (tags are validated to be free of quotes and backslashes).
-    from sqlalchemy import String, cast
+class _JsonArrayHas(FunctionElement[bool]):
+    """`json_array ? item`: the JSON array of strings has `item` as a whole element.
 
-    return cast(Task.tags, String).like(f'%"{like_escape(tag)}"%', escape="\\")
+    A LIKE on the serialised array is wrong on SQLite: LIKE ignores ASCII case there and
+    the stored JSON escapes non-ASCII characters, so each dialect gets its own form."""
+
+    type = Boolean()
+    name = "json_array_has"
+    inherit_cache = True
+
+
+@compiles(_JsonArrayHas, "postgresql")
+def _json_array_has_pg(element: _JsonArrayHas, compiler: Any, **kw: Any) -> str:
+    array, item = element.clauses
+    return f"({compiler.process(array, **kw)} ? {compiler.process(item, **kw)})"
+
+
+@compiles(_JsonArrayHas, "sqlite")
+def _json_array_has_sqlite(element: _JsonArrayHas, compiler: Any, **kw: Any) -> str:
+    array, item = element.clauses
+    # Both parts are compiled clauses (a column and a bound parameter), never raw values.
+    return (
+        f"EXISTS (SELECT 1 FROM json_each({compiler.process(array, **kw)}) "  # noqa: S608
+        f"WHERE json_each.value = {compiler.process(item, **kw)})"
+    )
+
+
+def _has_tag(tag: str) -> Any:
+    return _JsonArrayHas(Task.tags, literal(tag, String()))
 
 
 def like_escape(text: str) -> str:

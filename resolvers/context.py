@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +11,9 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.schema import BaseSchema
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
 from ..errors import BadInput
 from ..services import Services
@@ -22,9 +27,12 @@ class Context:
     request: Request | WebSocket | None = None
     response: Any = None
     loaders: Loaders = field(init=False)
+    subscriptions: int = 0
 
     def __post_init__(self) -> None:
-        self.loaders = Loaders(self.services)
+        # A WebSocket connection shares one context across operations and over time, so its
+        # loaders batch but never cache: each subscription event must see fresh rows.
+        self.loaders = Loaders(self.services, cache=not isinstance(self.request, WebSocket))
 
     @property
     def settings(self) -> Settings:
@@ -45,14 +53,50 @@ class Context:
         return f"agent:{agent}" if agent else "anonymous"
 
 
+class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws with server keep-alives. Strawberry sends them ("ka") only on the
+    legacy graphql-ws protocol; here the server sends a protocol `ping` every
+    WS_KEEPALIVE_SECONDS after the connection is acknowledged, so proxies and load balancers
+    do not drop an idle subscription (clients answer with `pong`)."""
+
+    _keep_alive_task: asyncio.Task[None] | None = None
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged and self._keep_alive_task is None:
+            self._keep_alive_task = asyncio.create_task(self._keep_alive(), name="ws-keep-alive")
+
+    async def _keep_alive(self) -> None:
+        interval = float(getattr(self.view, "keep_alive_interval", None) or 15.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.send_message({"type": "ping"})
+            except Exception:  # the socket is gone; shutdown() follows
+                return
+
+    async def shutdown(self) -> None:
+        task, self._keep_alive_task = self._keep_alive_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await super().shutdown()
+
+
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI app; `services` is set by the lifespan before the first request."""
+
+    graphql_transport_ws_handler_class = KeepAliveTransportWSHandler
 
     def __init__(self, schema: BaseSchema, *, settings: Settings):
         super().__init__(
             schema,
             graphql_ide="graphiql" if settings.graphiql else None,
             allow_queries_via_get=True,
+            keep_alive=True,
+            keep_alive_interval=settings.ws_keepalive_seconds,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         )
         self.services: Services | None = None
 

@@ -11,11 +11,12 @@ from ..errors import DomainError, ErrorCode
 
 log = logging.getLogger("task_service.errors")
 
+# The exact wording of the limiters we install (schema/root.py): strawberry's
+# QueryDepthLimiter and MaxAliasesLimiter, and graphql-core's parser for MaxTokensLimiter.
 _COMPLEXITY_MARKERS = (
     "exceeds maximum operation depth",
-    "maximum number of aliases",
-    "maximum number of tokens",
-    "token limit",
+    "aliases found. Allowed:",
+    "Document contains more than",
 )
 
 

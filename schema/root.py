@@ -20,6 +20,7 @@ from ..resolvers.agents import AgentMutation, AgentQuery
 from ..resolvers.lifecycle import LifecycleMutation
 from ..resolvers.projects import ProjectMutation, ProjectQuery
 from ..resolvers.stats import StatsQuery
+from ..resolvers.subscriptions import Subscription
 from ..resolvers.tasks import TaskMutation, TaskQuery
 from ..settings import Settings
 from .agents import AgentPresenceEvent
@@ -52,6 +53,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     return Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=[ErrorCode, AgentPresenceEvent],
         extensions=extensions,
         config=StrawberryConfig(auto_camel_case=True),

@@ -1,0 +1,262 @@
+"""The event bus: small "something changed" signals between processes, over broadcaster.
+
+Signals carry no data a subscriber could lose: "the log is sequenced up to N" and "agent X
+changed status". Subscribers read the log itself (events/replay.py), so a missed signal
+only delays them. broadcaster neither reconnects nor bounds its queues, so this wrapper:
+- keeps ONE broadcaster subscription per process and fans out to local listeners, each of
+  which keeps only the newest horizon (constant memory per listener);
+- publishes a ping every PING_INTERVAL and, when its own ping does not come back within
+  PING_TIMEOUT (a PostgreSQL restart, a killed listener backend, a Redis restart), tears
+  the backend down and reconnects with backoff, then tells every listener to catch up
+  from the log;
+- serialises publishes (one asyncpg connection cannot run two statements at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broadcaster import Broadcast
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "task_service"
+PING_INTERVAL = 1.0
+PING_TIMEOUT = 3.0
+
+
+@dataclass(eq=False)
+class Listener:
+    """A local subscriber's mailbox: the newest horizon seen, and a wake-up flag."""
+
+    horizon: int = 0
+    resync: bool = False
+    presence: list[dict[str, Any]] = field(default_factory=list)
+    wants_presence: bool = False
+    max_presence: int = 1000
+    overflowed: bool = False
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def signal(self) -> None:
+        self._wake.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep until signalled (True) or until `timeout` passes (False)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        self._wake.clear()
+        return True
+
+
+class EventBus:
+    def __init__(self, url: str, *, ping_interval: float = PING_INTERVAL, ping_timeout: float = PING_TIMEOUT):
+        self.url = url
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.horizon = 0
+        self.connected = False
+        self.reconnects = 0
+        self._listeners: set[Listener] = set()
+        self._broadcast: Broadcast | None = None
+        self._publish_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pong = asyncio.Event()
+        self._ping_id = ""
+        self._on_resync: list[Callable[[], None]] = []
+        self._origin = uuid.uuid4().hex
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._connect()
+        self.start_watchdog()
+
+    def start_watchdog(self) -> None:
+        self._tasks = [asyncio.create_task(self._watchdog(), name="bus-watchdog")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await self._disconnect()
+
+    async def _connect(self) -> None:
+        broadcast = Broadcast(self.url)
+        await broadcast.connect()
+        self._broadcast = broadcast
+        subscribed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read(broadcast, subscribed), name="bus-reader")
+        # Return only once we listen: a publish (our ping) before LISTEN has run would race it
+        # on the backend's single connection ("another operation is in progress") and kill
+        # the reader, so every reconnect would fail its ping.
+        waiter = asyncio.ensure_future(subscribed.wait())
+        try:
+            await asyncio.wait({waiter, self._reader}, timeout=self.ping_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not subscribed.is_set():
+            raise ConnectionError("the event bus could not subscribe to its channel")
+        self.connected = True
+
+    async def _disconnect(self) -> None:
+        self.connected = False
+        broadcast, self._broadcast = self._broadcast, None
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        if broadcast is not None:
+            with contextlib.suppress(Exception):
+                await broadcast.disconnect()
+
+    async def _read(self, broadcast: Broadcast, subscribed: asyncio.Event) -> None:
+        async with broadcast.subscribe(CHANNEL) as subscriber:
+            subscribed.set()
+            async for event in subscriber:  # type: ignore[attr-defined]
+                if event is None:
+                    return
+                self._dispatch(event.message)
+
+    async def _watchdog(self) -> None:
+        """Ping ourselves through the backend; reconnect (with backoff) when pings stop."""
+        delay = 0.5
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if self.connected and await self._ping():
+                delay = 0.5
+                continue
+            log.warning("event bus: lost the listener connection; reconnecting")
+            await self._disconnect()
+            while True:
+                try:
+                    await self._connect()
+                    if not await self._ping():
+                        raise ConnectionError("no ping after reconnect")
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("event bus: reconnect failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                    await self._disconnect()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+            self.reconnects += 1
+            log.info("event bus: reconnected; listeners catch up from the log")
+            self._resync_all()
+
+    async def _ping(self) -> bool:
+        self._ping_id = uuid.uuid4().hex
+        self._pong.clear()
+        try:
+            await self._publish({"k": "ping", "id": self._ping_id})
+            async with asyncio.timeout(self.ping_timeout):
+                await self._pong.wait()
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+
+    # -- publishing and dispatch ---------------------------------------------------
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        if self._broadcast is None:
+            raise ConnectionError("event bus is not connected")
+        async with self._publish_lock, asyncio.timeout(self.ping_timeout):
+            await self._broadcast.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
+
+    async def publish_horizon(self, horizon: int) -> None:
+        """Tell every process the log is sequenced up to `horizon`. Local listeners are woken
+        directly, so a bus outage never delays this process's own subscribers."""
+        self._advance(horizon)
+        await self._safe_publish({"k": "seq", "n": horizon})
+
+    async def publish_presence(self, change: dict[str, Any]) -> None:
+        self._deliver_presence(change)
+        await self._safe_publish({"k": "presence", "origin": self._origin, **change})
+
+    async def _safe_publish(self, message: dict[str, Any]) -> None:
+        try:
+            await self._publish(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The watchdog reconnects; subscribers elsewhere catch up from the log then.
+            log.warning("event bus: publish failed (%s)", type(exc).__name__)
+
+    def _dispatch(self, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return
+        kind = message.get("k")
+        if kind == "ping":
+            if message.get("id") == self._ping_id:
+                self._pong.set()
+        elif kind == "seq":
+            self._advance(int(message.get("n", 0)))
+        elif kind == "presence" and message.get("origin") != self._origin:
+            message.pop("k", None)
+            message.pop("origin", None)
+            self._deliver_presence(message)
+
+    def note_horizon(self, horizon: int) -> None:
+        """A horizon read from the database (a subscriber's poll): wake local listeners."""
+        self._advance(horizon)
+
+    def _advance(self, horizon: int) -> None:
+        if horizon <= self.horizon:
+            return
+        self.horizon = horizon
+        for listener in self._listeners:
+            listener.horizon = max(listener.horizon, horizon)
+            listener.signal()
+
+    def _deliver_presence(self, change: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            if not listener.wants_presence:
+                continue
+            if len(listener.presence) >= listener.max_presence:
+                listener.overflowed = True
+            else:
+                listener.presence.append(change)
+            listener.signal()
+
+    def _resync_all(self) -> None:
+        for listener in self._listeners:
+            listener.resync = True
+            listener.signal()
+        for callback in self._on_resync:
+            callback()
+
+    def on_resync(self, callback: Callable[[], None]) -> None:
+        self._on_resync.append(callback)
+
+    # -- local listeners -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def listen(self, *, presence: bool = False):  # type: ignore[no-untyped-def]
+        listener = Listener(horizon=self.horizon, wants_presence=presence)
+        self._listeners.add(listener)
+        try:
+            yield listener
+        finally:
+            self._listeners.discard(listener)

@@ -1,0 +1,187 @@
+"""The Subscription fields: taskEvents, taskChanged, agentPresence, dashboardStats.
+
+Each holds no database session while it waits; it reads the log (or the agents) in short
+sessions when the bus says something changed. See events/ for the guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import strawberry
+
+from ..db import agents as db_agents
+from ..db.base import utcnow
+from ..errors import DomainError, ErrorCode, NotFound
+from ..events.replay import EventFilter, follow_events
+from ..schema.agents import Agent, AgentPresenceEvent
+from ..schema.enums import AgentStatus, TaskStatus
+from ..schema.events import TaskEvent
+from ..schema.stats import DashboardStats
+from ..schema.tasks import Task
+from . import validate
+from .context import Context
+
+Info = strawberry.Info[Context, None]
+PRESENCE_POLL_SECONDS = 30.0
+
+
+class TooManySubscriptions(DomainError):
+    code = ErrorCode.QUERY_TOO_COMPLEX
+
+
+@contextlib.asynccontextmanager
+async def _slot(info: Info) -> AsyncIterator[None]:
+    """Count this subscription against the connection's limit while it runs."""
+    context = info.context
+    limit = context.settings.max_subscriptions_per_connection
+    if context.subscriptions >= limit:
+        raise TooManySubscriptions(
+            f"this connection already runs {limit} subscriptions (MAX_SUBSCRIPTIONS_PER_CONNECTION); "
+            "stop one or open another connection"
+        )
+    context.subscriptions += 1
+    try:
+        yield
+    finally:
+        context.subscriptions -= 1
+
+
+async def _agent_id(info: Info, name: str | None) -> int | None:
+    if name is None:
+        return None
+    async with info.context.services.read() as session:
+        agent = await db_agents.get_agent(session, name)
+    if agent is None:
+        raise NotFound(f"agent '{name}' is not registered")
+    return agent.id
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="With after: replays stored events with id > after (\"0\" = all), then streams "
+        "live; without: live only. Resuming with the last id seen skips and repeats nothing."
+    )
+    async def task_events(
+        self, info: Info, after: strawberry.ID | None = None, project_id: strawberry.ID | None = None,
+        task_id: strawberry.ID | None = None, agent: str | None = None,
+    ) -> AsyncGenerator[TaskEvent, None]:
+        cursor = None if after is None else (0 if after == "0" else validate.parse_id(after, "after"))
+        where = EventFilter(
+            project_id=validate.optional_id(project_id, "projectId"),
+            task_id=validate.optional_id(task_id, "taskId"),
+            agent_id=await _agent_id(info, agent),
+        )
+        async with _slot(info):
+            async for row in follow_events(
+                info.context.services, after=cursor, where=where,
+                max_lag=info.context.settings.max_subscriber_lag,
+            ):
+                yield TaskEvent.from_row(row)
+
+    @strawberry.subscription(description="The task's state after each change that matches the filter.")
+    async def task_changed(
+        self, info: Info, project_id: strawberry.ID | None = None, status: list[TaskStatus] | None = None,
+        assignee: str | None = None,
+    ) -> AsyncGenerator[Task, None]:
+        where = EventFilter(project_id=validate.optional_id(project_id, "projectId"))
+        wanted = {s.value for s in status} if status else None
+        assignee_id = await _agent_id(info, assignee)
+        async with _slot(info):
+            async for event in follow_events(
+                info.context.services, after=None, where=where, max_lag=info.context.settings.max_subscriber_lag
+            ):
+                async with info.context.services.read() as session:
+                    from ..db.tasks import get_task
+
+                    row = await get_task(session, event.task_id)
+                if row is None:
+                    continue
+                if wanted is not None and row.status not in wanted:
+                    continue
+                if assignee_id is not None and row.assignee_id != assignee_id:
+                    continue
+                yield Task.from_row(row)
+
+    @strawberry.subscription(
+        description="First one event per matching agent with its current status, then every change."
+    )
+    async def agent_presence(self, info: Info, name: str | None = None) -> AsyncGenerator[AgentPresenceEvent, None]:
+        services = info.context.services
+        async with _slot(info):
+            with services.bus.listen(presence=True) as listener:
+                known: dict[int, str] = {}
+                for event in await _presence_snapshot(info, name, known, only_changes=False):
+                    yield event
+                while True:
+                    await listener.wait(PRESENCE_POLL_SECONDS)
+                    if listener.overflowed or listener.resync:
+                        # Changes may have been missed (bus outage, burst): report the
+                        # difference between what we last told and the database now.
+                        listener.overflowed = listener.resync = False
+                        listener.presence.clear()
+                        for event in await _presence_snapshot(info, name, known, only_changes=True):
+                            yield event
+                        continue
+                    changes, listener.presence = listener.presence, []
+                    for change in changes:
+                        if name is not None and change["name"] != name:
+                            continue
+                        async with services.read() as session:
+                            agent = await db_agents.get_agent(session, change["name"])
+                        if agent is None:
+                            continue
+                        previous = known.get(agent.id, change.get("previous"))
+                        if previous == change["status"]:
+                            continue
+                        known[agent.id] = change["status"]
+                        yield AgentPresenceEvent(
+                            agent=Agent.from_row(agent),
+                            previous_status=AgentStatus(previous) if previous else None,
+                            status=AgentStatus(change["status"]),
+                            at=datetime.fromisoformat(change["at"]),
+                        )
+
+    @strawberry.subscription(description="First the current stats, then fresh stats after changes (about 2/s at most).")
+    async def dashboard_stats(
+        self, info: Info, project_id: strawberry.ID | None = None
+    ) -> AsyncGenerator[DashboardStats, None]:
+        key = validate.optional_id(project_id, "projectId")
+        async with _slot(info):
+            stream: Any = info.context.services.stats_hub.subscribe(key)
+            try:
+                async for stats in stream:
+                    yield stats
+            finally:
+                await stream.aclose()
+
+
+async def _presence_snapshot(
+    info: Info, name: str | None, known: dict[int, str], *, only_changes: bool
+) -> list[AgentPresenceEvent]:
+    async with info.context.services.read() as session:
+        if name is not None:
+            agent = await db_agents.get_agent(session, name)
+            rows = [agent] if agent is not None else []
+        else:
+            rows = await db_agents.list_agents(session)
+    now = utcnow()
+    events = []
+    for row in rows:
+        previous = known.get(row.id)
+        if only_changes and previous == row.status:
+            continue
+        known[row.id] = row.status
+        events.append(
+            AgentPresenceEvent(
+                agent=Agent.from_row(row),
+                previous_status=AgentStatus(previous) if previous else None,
+                status=AgentStatus(row.status),
+                at=now,
+            )
+        )
+    return events

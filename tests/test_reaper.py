@@ -1,0 +1,306 @@
+"""The reaper's tick, in process, with a `now` in the future standing in for elapsed time
+(PostgreSQL and SQLite), and its leader election (PostgreSQL)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from task_service.db.base import utcnow
+from task_service.db.models import IdempotencyKey, Task
+from task_service.reaper import Reaper, TickResult
+from task_service.schema.root import Schema
+from task_service.services import Services
+from tests import factories as f
+from tests.conftest import Client, make_settings
+
+TASK = """query($id: ID!) {
+  task(id: $id) { status attempt ready availableAt lastError leaseExpiresAt assignee { name } }
+}"""
+AGENT = "query($name: String!) { agent(name: $name) { status } }"
+
+
+def with_settings(services: Services, **settings: Any) -> Services:
+    """`services` with some settings changed: same engine, sessions and bus."""
+    return dataclasses.replace(services, settings=make_settings(services.settings.database_url, **settings))
+
+
+def reaper(services: Services, **settings: Any) -> Reaper:
+    return Reaper(with_settings(services, **settings))
+
+
+async def task_state(gql: Any, task_id: str) -> dict[str, Any]:
+    return (await gql.execute(TASK, id=task_id))["task"]
+
+
+async def agent_status(gql: Any, name: str) -> str:
+    return (await gql.execute(AGENT, name=name))["agent"]["status"]
+
+
+async def reaper_events(gql: Any, task_id: str) -> list[tuple[str, str, str]]:
+    return [
+        (e["type"], e["fromStatus"], e["toStatus"])
+        for e in await f.events(gql, task_id=task_id)
+        if e["actor"] == "reaper"
+    ]
+
+
+async def claimed_task(gql: Any, *, agent: str = "writer", start: bool = False, **extra: Any) -> str:
+    pid = await f.project(gql)
+    task = await f.task(gql, project_id=pid, **extra)
+    await f.agent(gql, name=agent)
+    await f.claim(gql, task_id=task["id"], agent=agent)
+    if start:
+        await f.transition(gql, "startTask", id=task["id"], agent=agent)
+    return task["id"]
+
+
+@pytest.fixture
+def presence(services: Services) -> Iterator[list[dict[str, Any]]]:
+    """Every presence change published on the bus (after its commit), in order."""
+    with services.bus.listen(presence=True) as listener:
+        yield listener.presence
+
+
+def changes(presence: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
+    return [(change["name"], change["previous"], change["status"]) for change in presence]
+
+
+class TestSilentAgents:
+    async def test_agent_past_the_heartbeat_timeout_goes_offline(self, services, gql, presence):
+        await f.agent(gql, name="writer")
+        presence.clear()
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(seconds=61))
+
+        assert result == TickResult(offline=1)
+        assert await agent_status(gql, "writer") == "OFFLINE"
+        assert changes(presence) == [("writer", "ONLINE", "OFFLINE")]
+
+    async def test_agent_within_the_heartbeat_timeout_stays_online(self, services, gql, presence):
+        await f.agent(gql, name="writer")
+        presence.clear()
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(seconds=30))
+
+        assert result == TickResult()
+        assert await agent_status(gql, "writer") == "ONLINE"
+        assert presence == []
+
+    async def test_offline_agents_task_goes_back_to_pending_at_once(self, services, gql, presence):
+        task_id = await claimed_task(gql)
+        presence.clear()
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(seconds=61))
+
+        assert result == TickResult(offline=1, expired=1)
+        task = await task_state(gql, task_id)
+        assert (task["status"], task["attempt"], task["assignee"]) == ("PENDING", 1, None)
+        assert task["ready"] is True  # a dead agent is not the task's fault: no backoff
+        assert task["leaseExpiresAt"] is None
+        assert "heartbeats" in task["lastError"]
+        assert await reaper_events(gql, task_id) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
+        assert await agent_status(gql, "writer") == "OFFLINE"
+        assert changes(presence) == [("writer", "BUSY", "OFFLINE")]
+
+    async def test_offline_agents_running_task_on_its_last_attempt_fails(self, services, gql):
+        task_id = await claimed_task(gql, start=True, maxAttempts=1)
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(seconds=61))
+
+        assert result == TickResult(offline=1, expired=1)
+        task = await task_state(gql, task_id)
+        assert (task["status"], task["attempt"]) == ("FAILED", 1)
+        assert await reaper_events(gql, task_id) == [("LEASE_EXPIRED", "RUNNING", "FAILED")]
+
+    async def test_a_second_tick_changes_nothing_more(self, services, gql):
+        task_id = await claimed_task(gql)
+        later = utcnow() + timedelta(seconds=61)
+        await Reaper(services).tick(now=later)
+
+        result = await Reaper(services).tick(now=later + timedelta(seconds=1))
+
+        assert result == TickResult()
+        assert await reaper_events(gql, task_id) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
+
+
+class TestLeaseShorterThanHeartbeatTimeout:
+    async def test_unrenewed_lease_expires_while_the_agent_stays_online(self, services, gql, presence):
+        task_id = await claimed_task(gql)  # a 60 s lease (the services' LEASE_SECONDS)
+        presence.clear()
+
+        result = await reaper(services, heartbeat_timeout_seconds=3600).tick(now=utcnow() + timedelta(seconds=61))
+
+        assert result == TickResult(expired=1)
+        task = await task_state(gql, task_id)
+        assert (task["status"], task["attempt"]) == ("PENDING", 1)
+        assert await reaper_events(gql, task_id) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
+        assert await agent_status(gql, "writer") == "ONLINE"
+        assert changes(presence) == [("writer", "BUSY", "ONLINE")]
+
+
+LONG_LIVED = {"heartbeat_timeout_seconds": 86_400, "retry_backoff_seconds": 10}
+
+
+@pytest.fixture
+def long_lived(services: Services, schema: Schema) -> tuple[Services, Client]:
+    """Services (and a client) whose agents and leases outlive the simulated hours, so only
+    timeouts are due; retries back off 10 s."""
+    changed = with_settings(services, **LONG_LIVED)
+    return changed, Client(schema, changed)
+
+
+class TestTimeouts:
+    async def test_running_task_past_its_timeout_goes_pending_after_a_backoff(self, long_lived):
+        services, gql = long_lived
+        task_id = await claimed_task(gql, start=True, timeoutMinutes=30)
+        before = utcnow()
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(minutes=31))
+
+        after = utcnow()
+        assert result == TickResult(timed_out=1)
+        task = await task_state(gql, task_id)
+        assert (task["status"], task["attempt"], task["ready"]) == ("PENDING", 1, False)
+        available = datetime.fromisoformat(task["availableAt"])
+        assert before + timedelta(seconds=10) <= available <= after + timedelta(seconds=10)
+        assert "timeoutMinutes (30)" in task["lastError"]
+        assert await reaper_events(gql, task_id) == [("TIMED_OUT", "RUNNING", "PENDING")]
+        assert await agent_status(gql, "writer") == "ONLINE"
+
+    async def test_running_task_past_its_timeout_on_the_last_attempt_fails(self, long_lived):
+        services, gql = long_lived
+        task_id = await claimed_task(gql, start=True, timeoutMinutes=30, maxAttempts=1)
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(minutes=31))
+
+        assert result == TickResult(timed_out=1)
+        assert (await task_state(gql, task_id))["status"] == "FAILED"
+        assert await reaper_events(gql, task_id) == [("TIMED_OUT", "RUNNING", "FAILED")]
+
+    async def test_running_task_within_its_timeout_keeps_running(self, long_lived):
+        services, gql = long_lived
+        task_id = await claimed_task(gql, start=True, timeoutMinutes=30)
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(minutes=29))
+
+        assert result == TickResult()
+        assert (await task_state(gql, task_id))["status"] == "RUNNING"
+
+    async def test_assigned_task_that_never_started_does_not_time_out(self, long_lived):
+        services, gql = long_lived
+        task_id = await claimed_task(gql, timeoutMinutes=30)
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(minutes=31))
+
+        assert result == TickResult()
+        assert (await task_state(gql, task_id))["status"] == "ASSIGNED"
+
+
+async def task_rows(services: Services) -> int:
+    async with services.read() as session:
+        return await session.scalar(select(func.count()).select_from(Task)) or 0
+
+
+async def key_rows(services: Services) -> int:
+    async with services.read() as session:
+        return await session.scalar(select(func.count()).select_from(IdempotencyKey)) or 0
+
+
+class TestPurge:
+    async def test_soft_deleted_task_past_retention_is_erased(self, services, gql):
+        pid = await f.project(gql)
+        kept = await f.task(gql, project_id=pid, title="kept")
+        gone = await f.task(gql, project_id=pid, title="gone")
+        await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=gone["id"])
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(days=31))
+
+        assert result.purged == 1
+        assert await task_rows(services) == 1
+        assert (await task_state(gql, kept["id"]))["status"] == "PENDING"
+
+    async def test_soft_deleted_task_within_retention_is_kept(self, services, gql):
+        pid = await f.project(gql)
+        task = await f.task(gql, project_id=pid)
+        await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=task["id"])
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(days=29))
+
+        assert result.purged == 0
+        assert await task_rows(services) == 1
+
+    async def test_idempotency_keys_older_than_a_day_are_erased(self, services, gql):
+        pid = await f.project(gql)
+        task = await f.task(gql, project_id=pid)
+        await f.transition(gql, "cancelTask", id=task["id"], idempotencyKey="cancel-once")
+        assert await key_rows(services) == 1
+
+        await Reaper(services).tick(now=utcnow() + timedelta(hours=23))
+        assert await key_rows(services) == 1
+
+        await Reaper(services).tick(now=utcnow() + timedelta(hours=25))
+        assert await key_rows(services) == 0
+
+
+class TestQuietTick:
+    async def test_tick_with_nothing_due_changes_nothing(self, services, gql, presence):
+        task_id = await claimed_task(gql, start=True)
+        pid = await f.project(gql, name="other")
+        await f.task(gql, project_id=pid)
+        await f.agent(gql, name="idle")
+        events_before = await f.events(gql)
+        tasks_before = await gql.execute(
+            "{ tasks(first: 500) { nodes { id status attempt leaseExpiresAt updatedAt } } }"
+        )
+        presence.clear()
+
+        result = await Reaper(services).tick()
+
+        assert result == TickResult()
+        assert await f.events(gql) == events_before
+        assert (
+            await gql.execute("{ tasks(first: 500) { nodes { id status attempt leaseExpiresAt updatedAt } } }")
+            == tasks_before
+        )
+        assert presence == []
+        assert (await task_state(gql, task_id))["status"] == "RUNNING"
+        assert await agent_status(gql, "idle") == "ONLINE"
+
+
+@pytest.fixture
+async def two_processes(pg_url: str) -> AsyncIterator[tuple[Services, Services]]:
+    """Two Services with their own engines: two server processes as PostgreSQL sees them."""
+    first, second = Services.build(make_settings(pg_url)), Services.build(make_settings(pg_url))
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+@pytest.mark.postgres_only
+class TestLeaderElection:
+    async def test_only_one_reaper_leads(self, two_processes):
+        first, second = Reaper(two_processes[0]), Reaper(two_processes[1])
+        try:
+            assert await first.lead() is True
+            assert await second.lead() is False
+            assert await first.lead() is True  # a leader stays leader
+        finally:
+            await first.stop()
+            await second.stop()
+
+    async def test_a_stopped_leader_lets_another_lead(self, two_processes):
+        first, second = Reaper(two_processes[0]), Reaper(two_processes[1])
+        try:
+            assert await first.lead() is True
+            await first.stop()  # its engine stays open: the lock must not stay on a pooled connection
+            assert await second.lead() is True
+            assert await first.lead() is False
+        finally:
+            await first.stop()
+            await second.stop()
