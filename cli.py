@@ -60,12 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=1,
-        help="worker processes (default 1); more than one needs a "
-        "shared BROADCAST_URL (postgres:// or redis://)",
+        help="worker processes (default 1); more than one needs a shared BROADCAST_URL (postgres:// or redis://)",
     )
-    serve.add_argument(
-        "--reload", action="store_true", help="restart on code changes (development)"
-    )
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (development)")
     serve.set_defaults(command=serve_command)
 
     migrate = commands.add_parser(
@@ -297,10 +294,7 @@ async def _seed(
         project = (await execute(CREATE_PROJECT, {"input": SEED_PROJECT}))["createProject"]
         variables = {"projectId": project["id"], "tasks": SEED_TASKS}
         tasks = (await execute(CREATE_TASKS, variables))["createTasks"]
-        registrations = [
-            (await execute(REGISTER_AGENT, {"input": agent}))["registerAgent"]
-            for agent in SEED_AGENTS
-        ]
+        registrations = [(await execute(REGISTER_AGENT, {"input": agent}))["registerAgent"] for agent in SEED_AGENTS]
     finally:
         await services.close()
     return project, tasks, registrations

@@ -149,9 +149,9 @@ class Reaper:
         async with self.services.read() as session:
             due = (
                 await session.execute(
-                    select(Task.id, Task.assignee_id).where(
-                        Task.status.in_(ACTIVE_STATUSES), Task.lease_expires_at < now
-                    ).limit(500)
+                    select(Task.id, Task.assignee_id)
+                    .where(Task.status.in_(ACTIVE_STATUSES), Task.lease_expires_at < now)
+                    .limit(500)
                 )
             ).all()
         count = 0
@@ -172,8 +172,14 @@ class Reaper:
     async def _expire(self, session, task: Task, reason: str) -> None:  # type: ignore[no-untyped-def]
         # A dead agent is not the task's fault: no backoff, so another agent can take it at once.
         await requeue_or_fail(
-            session, task, self.policy(), event=TaskEventType.LEASE_EXPIRED, error=reason,
-            backoff=False, count_failure=False, actor="reaper",
+            session,
+            task,
+            self.policy(),
+            event=TaskEventType.LEASE_EXPIRED,
+            error=reason,
+            backoff=False,
+            count_failure=False,
+            actor="reaper",
         )
 
     async def time_out_tasks(self, now: datetime) -> int:
@@ -200,8 +206,12 @@ class Reaper:
                     continue
                 minutes = task.timeout_minutes or default
                 await requeue_or_fail(
-                    session, task, self.policy(), event=TaskEventType.TIMED_OUT,
-                    error=f"ran longer than timeoutMinutes ({minutes})", actor="reaper",
+                    session,
+                    task,
+                    self.policy(),
+                    event=TaskEventType.TIMED_OUT,
+                    error=f"ran longer than timeoutMinutes ({minutes})",
+                    actor="reaper",
                 )
                 if agent is not None:
                     await db_agents.refresh_status(session, agent, now=now)

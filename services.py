@@ -76,8 +76,13 @@ class Services:
         changes: list[PresenceChange] = session.info.get("presence", [])
         for change in changes:
             await self.bus.publish_presence(
-                {"agentId": change.agent_id, "name": change.name, "previous": change.previous,
-                 "status": change.status, "at": change.at.isoformat()}
+                {
+                    "agentId": change.agent_id,
+                    "name": change.name,
+                    "previous": change.previous,
+                    "status": change.status,
+                    "at": change.at.isoformat(),
+                }
             )
 
     @asynccontextmanager
@@ -92,6 +97,7 @@ class Services:
             async with session.begin():
                 yield session
                 if self.is_sqlite and session.info.get("events_written"):
+                    await session.flush()  # the stamp is raw SQL: pending event rows first
                     horizon = await stamp_events(session)
             await self._after_commit(session, horizon)
 

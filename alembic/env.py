@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic import context
 from task_service.db import models  # noqa: F401  (registers every table on Base.metadata)
 from task_service.db.base import Base
 from task_service.db.migrate import context_options

@@ -143,7 +143,7 @@ async def active_task_count(session: AsyncSession, agent_id: int) -> int:
         await session.scalar(
             select(func.count())
             .select_from(Task)
-            .where(Task.assignee_id == agent_id, Task.status.in_(ACTIVE_STATUSES))
+            .where(Task.assignee_id == agent_id, Task.status.in_(ACTIVE_STATUSES), Task.deleted_at.is_(None))
         )
     ) or 0
 

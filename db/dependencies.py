@@ -50,9 +50,7 @@ async def would_cycle(session: AsyncSession, task_id: int, depends_on_id: int) -
         .where(TaskDependency.task_id == depends_on_id)
         .cte("reach", recursive=True)
     )
-    reach = reach.union(
-        select(TaskDependency.depends_on_id).join(reach, TaskDependency.task_id == reach.c.id)
-    )
+    reach = reach.union(select(TaskDependency.depends_on_id).join(reach, TaskDependency.task_id == reach.c.id))
     found = await session.scalar(select(literal(1)).select_from(reach).where(reach.c.id == task_id).limit(1))
     return found is not None
 
@@ -82,9 +80,7 @@ async def add_dependency(session: AsyncSession, task_id: int, depends_on_id: int
             f"project {task.project_id}; dependencies must be in the same project"
         )
     exists = await session.scalar(
-        select(literal(1)).where(
-            TaskDependency.task_id == task_id, TaskDependency.depends_on_id == depends_on_id
-        )
+        select(literal(1)).where(TaskDependency.task_id == task_id, TaskDependency.depends_on_id == depends_on_id)
     )
     if exists:
         return task
@@ -96,9 +92,7 @@ async def add_dependency(session: AsyncSession, task_id: int, depends_on_id: int
     session.add(TaskDependency(task_id=task_id, depends_on_id=depends_on_id))
     if dependency.status != TaskStatus.COMPLETED:
         task.unmet_dependencies += 1
-    record_event(
-        session, task, TaskEventType.DEPENDENCY_ADDED, actor=actor, data={"dependsOn": str(depends_on_id)}
-    )
+    record_event(session, task, TaskEventType.DEPENDENCY_ADDED, actor=actor, data={"dependsOn": str(depends_on_id)})
     await session.flush()
     return task
 
@@ -106,15 +100,11 @@ async def add_dependency(session: AsyncSession, task_id: int, depends_on_id: int
 async def remove_dependency(session: AsyncSession, task_id: int, depends_on_id: int, *, actor: str | None) -> Task:
     task = await _lock_for_edit(session, task_id)
     removed = await session.execute(
-        delete(TaskDependency).where(
-            TaskDependency.task_id == task_id, TaskDependency.depends_on_id == depends_on_id
-        )
+        delete(TaskDependency).where(TaskDependency.task_id == task_id, TaskDependency.depends_on_id == depends_on_id)
     )
     if not removed.rowcount:
         return task
-    record_event(
-        session, task, TaskEventType.DEPENDENCY_REMOVED, actor=actor, data={"dependsOn": str(depends_on_id)}
-    )
+    record_event(session, task, TaskEventType.DEPENDENCY_REMOVED, actor=actor, data={"dependsOn": str(depends_on_id)})
     await recount_and_unblock(session, [task_id], actor=actor)
     await session.refresh(task)
     return task
@@ -141,7 +131,11 @@ async def recount_and_unblock(session: AsyncSession, task_ids: Sequence[int], *,
     if not task_ids:
         return
     before = dict(
-        (await session.execute(select(Task.id, Task.unmet_dependencies).where(Task.id.in_(task_ids)).with_for_update())).all()
+        (
+            await session.execute(
+                select(Task.id, Task.unmet_dependencies).where(Task.id.in_(task_ids)).with_for_update()
+            )
+        ).all()
     )
     await recount_unmet(session, task_ids)
     rows = await session.scalars(
@@ -158,9 +152,7 @@ async def unblock_dependents(session: AsyncSession, completed: Task, *, actor: s
     decrement under the dependent's row lock, safe against concurrent completions) and emit
     UNBLOCKED for each PENDING dependent left with nothing to wait for."""
     ids = list(
-        await session.scalars(
-            select(TaskDependency.task_id).where(TaskDependency.depends_on_id == completed.id)
-        )
+        await session.scalars(select(TaskDependency.task_id).where(TaskDependency.depends_on_id == completed.id))
     )
     if not ids:
         return []

@@ -99,16 +99,12 @@ async def list_events(
     return (await session.scalars(query.order_by(order).limit(limit))).all()
 
 
-async def events_for_tasks(
-    session: AsyncSession, task_ids: Sequence[int], *, limit: int
-) -> dict[int, list[TaskEvent]]:
+async def events_for_tasks(session: AsyncSession, task_ids: Sequence[int], *, limit: int) -> dict[int, list[TaskEvent]]:
     """The first `limit` stamped events of each task, oldest first, in one statement."""
     ranked = (
         select(
             TaskEvent.id,
-            func.row_number()
-            .over(partition_by=TaskEvent.task_id, order_by=TaskEvent.seq)
-            .label("rn"),
+            func.row_number().over(partition_by=TaskEvent.task_id, order_by=TaskEvent.seq).label("rn"),
         )
         .where(TaskEvent.task_id.in_(task_ids), TaskEvent.seq.is_not(None))
         .subquery()

@@ -23,9 +23,7 @@ async def claim_key(session: AsyncSession, *, caller: str, key: str, operation: 
     """
     if not key or len(key) > MAX_KEY_LENGTH:
         raise BadInput(f"idempotencyKey must be 1 to {MAX_KEY_LENGTH} characters")
-    inserted = await insert_ignore(
-        session, IdempotencyKey, {"caller": caller, "key": key, "operation": operation}
-    )
+    inserted = await insert_ignore(session, IdempotencyKey, {"caller": caller, "key": key, "operation": operation})
     if inserted:
         return None
     prior = await session.scalar(
@@ -33,9 +31,7 @@ async def claim_key(session: AsyncSession, *, caller: str, key: str, operation: 
     )
     assert prior is not None
     if prior.operation != operation:
-        raise BadInput(
-            f"idempotencyKey '{key}' was already used for {prior.operation}; use a new key for {operation}"
-        )
+        raise BadInput(f"idempotencyKey '{key}' was already used for {prior.operation}; use a new key for {operation}")
     if prior.task_id is None:
         raise BadInput(f"idempotencyKey '{key}' is in use by a request that did not finish; retry shortly")
     return prior.task_id
@@ -43,9 +39,7 @@ async def claim_key(session: AsyncSession, *, caller: str, key: str, operation: 
 
 async def remember(session: AsyncSession, *, caller: str, key: str, task_id: int) -> None:
     await session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.caller == caller, IdempotencyKey.key == key)
-        .values(task_id=task_id)
+        update(IdempotencyKey).where(IdempotencyKey.caller == caller, IdempotencyKey.key == key).values(task_id=task_id)
     )
 
 

@@ -21,7 +21,7 @@ from ..errors import (
 from .agents import active_task_count, lock_agent_by_id, refresh_status, touch
 from .base import utcnow
 from .dependencies import unblock_dependents
-from .enums import ACTIVE_STATUSES, TERMINAL_STATUSES, TaskEventType, TaskStatus
+from .enums import ACTIVE_STATUSES, HELD_STATUSES, TERMINAL_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
 from .models import Agent, Project, SkillSet, Task
 from .tasks import claim_order, ready_conditions, require_task
@@ -92,9 +92,7 @@ async def claim_next(
     candidate = (
         select(Task)
         .where(*ready_conditions(now), Task.skill_set_id.in_(skill_sets))
-        .where(
-            exists().where(Project.id == Task.project_id, Project.status == "ACTIVE", Project.deleted_at.is_(None))
-        )
+        .where(exists().where(Project.id == Task.project_id, Project.status == "ACTIVE", Project.deleted_at.is_(None)))
     )
     if project_id is not None:
         candidate = candidate.where(Task.project_id == project_id)
@@ -102,9 +100,7 @@ async def claim_next(
         from sqlalchemy import or_
 
         candidate = candidate.where(or_(*(_has_tag(tag) for tag in tags)))
-    task = await session.scalar(
-        candidate.order_by(*claim_order()).limit(1).with_for_update(skip_locked=True, of=Task)
-    )
+    task = await session.scalar(candidate.order_by(*claim_order()).limit(1).with_for_update(skip_locked=True, of=Task))
     if task is None:
         return None
     _assign(task, agent, now, policy)
@@ -119,7 +115,7 @@ async def claim(session: AsyncSession, task_id: int, agent: Agent, policy: Polic
     task = await require_task(session, task_id, lock=True)
     now = utcnow()
     if task.status != TaskStatus.PENDING:
-        if task.status in ACTIVE_STATUSES + (TaskStatus.REVIEWING,):
+        if task.status in HELD_STATUSES:
             holder = await session.get(Agent, task.assignee_id) if task.assignee_id else None
             who = "you" if holder is not None and holder.id == agent.id else f"agent '{holder.name if holder else '?'}'"
             raise Conflict(f"task {task_id} is already {task.status} by {who}; claim another task")
@@ -147,7 +143,13 @@ async def claim(session: AsyncSession, task_id: int, agent: Agent, policy: Polic
 
 
 async def held_task(
-    session: AsyncSession, task_id: int, agent: Agent | None, *, attempt: int | None, allowed: tuple[str, ...], action: str
+    session: AsyncSession,
+    task_id: int,
+    agent: Agent | None,
+    *,
+    attempt: int | None,
+    allowed: tuple[str, ...],
+    action: str,
 ) -> Task:
     """Lock the task and check fencing, ownership and status for an assignee's action."""
     task = await require_task(session, task_id, lock=True)
@@ -158,9 +160,7 @@ async def held_task(
     # Status before ownership: an action the status does not allow (e.g. on an unassigned
     # PENDING task) is INVALID_TRANSITION for everyone, not FORBIDDEN.
     if task.status not in allowed:
-        raise InvalidTransition(
-            f"task {task_id} is {task.status}; {action} needs it {' or '.join(allowed)}"
-        )
+        raise InvalidTransition(f"task {task_id} is {task.status}; {action} needs it {' or '.join(allowed)}")
     if agent is not None and task.assignee_id != agent.id:
         raise Forbidden(f"task {task_id} is not assigned to agent '{agent.name}'; only its assignee can {action} it")
     return task
@@ -178,15 +178,30 @@ async def start(session: AsyncSession, task_id: int, agent: Agent, policy: Polic
 
 
 async def report_progress(
-    session: AsyncSession, task_id: int, agent: Agent, policy: Policy, *, progress: int, message: str | None, attempt: int | None
+    session: AsyncSession,
+    task_id: int,
+    agent: Agent,
+    policy: Policy,
+    *,
+    progress: int,
+    message: str | None,
+    attempt: int | None,
 ) -> Task:
-    task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="report progress on")
+    task = await held_task(
+        session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="report progress on"
+    )
     task.progress = progress
     task.progress_message = message
     task.updated_at = utcnow()
     record_event(
-        session, task, TaskEventType.PROGRESS, from_status=task.status, to_status=task.status,
-        actor=agent.name, message=message, data={"progress": progress},
+        session,
+        task,
+        TaskEventType.PROGRESS,
+        from_status=task.status,
+        to_status=task.status,
+        actor=agent.name,
+        message=message,
+        data={"progress": progress},
     )
     await touch(session, agent, lease_seconds=policy.lease_seconds)
     return task
@@ -206,8 +221,14 @@ async def _complete(session: AsyncSession, task: Task, now: datetime, actor: str
 
 
 async def submit(
-    session: AsyncSession, task_id: int, agent: Agent, policy: Policy, *,
-    result: Any, summary: str | None, attempt: int | None,
+    session: AsyncSession,
+    task_id: int,
+    agent: Agent,
+    policy: Policy,
+    *,
+    result: Any,
+    summary: str | None,
+    attempt: int | None,
 ) -> Task:
     task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="submit")
     now = utcnow()
@@ -219,9 +240,13 @@ async def submit(
     task.lease_expires_at = None
     if task.requires_review:
         task.status = TaskStatus.REVIEWING.value
-        record_event(session, task, TaskEventType.SUBMITTED, from_status=before, to_status="REVIEWING", actor=agent.name)
+        record_event(
+            session, task, TaskEventType.SUBMITTED, from_status=before, to_status="REVIEWING", actor=agent.name
+        )
     else:
-        record_event(session, task, TaskEventType.SUBMITTED, from_status=before, to_status="COMPLETED", actor=agent.name)
+        record_event(
+            session, task, TaskEventType.SUBMITTED, from_status=before, to_status="COMPLETED", actor=agent.name
+        )
         await _complete(session, task, now, agent.name)
     await touch(session, agent, lease_seconds=policy.lease_seconds)
     return task
@@ -235,9 +260,7 @@ def _requeue(task: Task, now: datetime, *, available_at: datetime | None = None)
     task.updated_at = now
 
 
-async def review(
-    session: AsyncSession, task_id: int, *, reviewer: str, approved: bool, feedback: str | None
-) -> Task:
+async def review(session: AsyncSession, task_id: int, *, reviewer: str, approved: bool, feedback: str | None) -> Task:
     task = await require_task(session, task_id, lock=True)
     assignee = await session.get(Agent, task.assignee_id) if task.assignee_id else None
     if assignee is not None and assignee.name == reviewer:
@@ -250,8 +273,15 @@ async def review(
     task.feedback = feedback
     task.updated_at = now
     if approved:
-        record_event(session, task, TaskEventType.APPROVED, from_status="REVIEWING", to_status="COMPLETED",
-                     actor=reviewer, message=feedback)
+        record_event(
+            session,
+            task,
+            TaskEventType.APPROVED,
+            from_status="REVIEWING",
+            to_status="COMPLETED",
+            actor=reviewer,
+            message=feedback,
+        )
         await _complete(session, task, now, reviewer)
         return task
     if task.assignee_id is not None:
@@ -260,13 +290,22 @@ async def review(
             execution_options={"synchronize_session": False},
         )
     to = TaskStatus.PENDING if task.attempt < task.max_attempts else TaskStatus.FAILED
-    record_event(session, task, TaskEventType.REJECTED, from_status="REVIEWING", to_status=to.value,
-                 actor=reviewer, message=feedback)
+    record_event(
+        session,
+        task,
+        TaskEventType.REJECTED,
+        from_status="REVIEWING",
+        to_status=to.value,
+        actor=reviewer,
+        message=feedback,
+    )
     if to is TaskStatus.PENDING:
         _requeue(task, now)
     else:
         task.status = TaskStatus.FAILED.value
-        task.last_error = f"rejected on the last attempt ({task.attempt}/{task.max_attempts}): {feedback or ''}".rstrip(": ")
+        task.last_error = f"rejected on the last attempt ({task.attempt}/{task.max_attempts}): {feedback or ''}".rstrip(
+            ": "
+        )
     await session.flush()
     return task
 
@@ -276,8 +315,15 @@ async def release(
 ) -> Task:
     task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="release")
     holder = agent or (await lock_agent_by_id(session, task.assignee_id) if task.assignee_id else None)
-    record_event(session, task, TaskEventType.RELEASED, from_status=task.status, to_status="PENDING",
-                 actor=agent.name if agent else None, message=reason)
+    record_event(
+        session,
+        task,
+        TaskEventType.RELEASED,
+        from_status=task.status,
+        to_status="PENDING",
+        actor=agent.name if agent else None,
+        message=reason,
+    )
     _requeue(task, utcnow())
     if agent is not None:
         await touch(session, agent, lease_seconds=policy.lease_seconds)
@@ -287,8 +333,16 @@ async def release(
 
 
 async def requeue_or_fail(
-    session: AsyncSession, task: Task, policy: Policy, *, event: TaskEventType, error: str,
-    retryable: bool = True, backoff: bool = True, actor: str | None = None, count_failure: bool = True,
+    session: AsyncSession,
+    task: Task,
+    policy: Policy,
+    *,
+    event: TaskEventType,
+    error: str,
+    retryable: bool = True,
+    backoff: bool = True,
+    actor: str | None = None,
+    count_failure: bool = True,
 ) -> None:
     """The failTask rule, shared with lease expiry and timeouts: back to PENDING (after a
     backoff) while attempts remain, else FAILED."""
@@ -303,8 +357,16 @@ async def requeue_or_fail(
     if retryable and task.attempt < task.max_attempts:
         delay = policy.backoff(task.attempt) if backoff else 0
         available = now + timedelta(seconds=delay) if delay > 0 else None
-        record_event(session, task, event, from_status=before, to_status="PENDING", actor=actor, message=error,
-                     data={"retryAt": available.isoformat()} if available else None)
+        record_event(
+            session,
+            task,
+            event,
+            from_status=before,
+            to_status="PENDING",
+            actor=actor,
+            message=error,
+            data={"retryAt": available.isoformat()} if available else None,
+        )
         _requeue(task, now, available_at=available)
     else:
         record_event(session, task, event, from_status=before, to_status="FAILED", actor=actor, message=error)
@@ -315,10 +377,19 @@ async def requeue_or_fail(
 
 
 async def fail(
-    session: AsyncSession, task_id: int, agent: Agent, policy: Policy, *, error: str, retryable: bool, attempt: int | None
+    session: AsyncSession,
+    task_id: int,
+    agent: Agent,
+    policy: Policy,
+    *,
+    error: str,
+    retryable: bool,
+    attempt: int | None,
 ) -> Task:
     task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="fail")
-    await requeue_or_fail(session, task, policy, event=TaskEventType.FAILED, error=error, retryable=retryable, actor=agent.name)
+    await requeue_or_fail(
+        session, task, policy, event=TaskEventType.FAILED, error=error, retryable=retryable, actor=agent.name
+    )
     await touch(session, agent, lease_seconds=policy.lease_seconds)
     return task
 
@@ -331,8 +402,15 @@ async def retry(session: AsyncSession, task_id: int, *, actor: str | None) -> Ta
     if task.attempt >= task.max_attempts:
         task.max_attempts = task.attempt + 1
     _requeue(task, utcnow())
-    record_event(session, task, TaskEventType.RETRIED, from_status=before, to_status="PENDING", actor=actor,
-                 data={"maxAttempts": task.max_attempts})
+    record_event(
+        session,
+        task,
+        TaskEventType.RETRIED,
+        from_status=before,
+        to_status="PENDING",
+        actor=actor,
+        data={"maxAttempts": task.max_attempts},
+    )
     await session.flush()
     return task
 
@@ -350,7 +428,9 @@ async def cancel(session: AsyncSession, task_id: int, *, reason: str | None, act
     task.status = TaskStatus.CANCELLED.value
     task.lease_expires_at = None
     task.updated_at = now
-    record_event(session, task, TaskEventType.CANCELLED, from_status=before, to_status="CANCELLED", actor=actor, message=reason)
+    record_event(
+        session, task, TaskEventType.CANCELLED, from_status=before, to_status="CANCELLED", actor=actor, message=reason
+    )
     if holder is not None and holder.id == task.assignee_id:
         await refresh_status(session, holder, now=now)
     await session.flush()
@@ -366,7 +446,15 @@ async def release_all(session: AsyncSession, agent: Agent, *, reason: str, actor
     ).all()
     now = utcnow()
     for task in tasks:
-        record_event(session, task, TaskEventType.RELEASED, from_status=task.status, to_status="PENDING", actor=actor, message=reason)
+        record_event(
+            session,
+            task,
+            TaskEventType.RELEASED,
+            from_status=task.status,
+            to_status="PENDING",
+            actor=actor,
+            message=reason,
+        )
         _requeue(task, now)
     await session.flush()
     return list(tasks)

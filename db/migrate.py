@@ -82,9 +82,7 @@ def _sqlite_index_filter(connection: Connection) -> Any:
     each index's CREATE statement: when it equals what the model compiles to, the index
     is unchanged. Any other difference is still reported."""
 
-    def include_object(
-        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-    ) -> bool:
+    def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         if type_ != "index" or reflected or compare_to is None or not isinstance(obj, Index):
             return True
         stored = connection.exec_driver_sql(

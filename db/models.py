@@ -138,12 +138,8 @@ class Task(Base):
             "due_at",
             "created_at",
             "id",
-            postgresql_where=text(
-                "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
-            ),
-            sqlite_where=text(
-                "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
-            ),
+            postgresql_where=text("status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"),
+            sqlite_where=text("status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"),
         ),
         # The reaper's scans: expiring leases and running tasks that may time out.
         Index(
@@ -162,12 +158,8 @@ class TaskDependency(Base):
 
     __tablename__ = "task_dependencies"
 
-    task_id: Mapped[int] = mapped_column(
-        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
-    )
-    depends_on_id: Mapped[int] = mapped_column(
-        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
-    )
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
 
     __table_args__ = (
         CheckConstraint("task_id <> depends_on_id", name="not_self"),

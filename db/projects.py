@@ -50,9 +50,7 @@ async def list_projects(
     return (await session.scalars(query)).all()
 
 
-async def create_project(
-    session: AsyncSession, *, name: str, description: str | None, status: str
-) -> Project:
+async def create_project(session: AsyncSession, *, name: str, description: str | None, status: str) -> Project:
     project = Project(name=name, description=description, status=status)
     session.add(project)
     await session.flush()
@@ -102,8 +100,15 @@ async def _set_tasks_deleted(
     for task in tasks:
         task.deleted_at = value
         task.updated_at = utcnow()
-        record_event(session, task, kind, from_status=task.status, to_status=task.status, actor=actor,
-                     data={"withProject": str(project_id)})
+        record_event(
+            session,
+            task,
+            kind,
+            from_status=task.status,
+            to_status=task.status,
+            actor=actor,
+            data={"withProject": str(project_id)},
+        )
     await session.flush()
 
 

@@ -57,7 +57,11 @@ async def deleted_counts(session: AsyncSession, project_id: int | None) -> dict[
     if project_id is not None:
         tasks = tasks.where(Task.project_id == project_id)
     return {
-        "projects": await session.scalar(select(func.count()).select_from(Project).where(Project.deleted_at.is_not(None))) or 0,
+        "projects": await session.scalar(
+            select(func.count()).select_from(Project).where(Project.deleted_at.is_not(None))
+        )
+        or 0,
         "tasks": await session.scalar(tasks) or 0,
-        "agents": await session.scalar(select(func.count()).select_from(Agent).where(Agent.deleted_at.is_not(None))) or 0,
+        "agents": await session.scalar(select(func.count()).select_from(Agent).where(Agent.deleted_at.is_not(None)))
+        or 0,
     }

@@ -92,9 +92,7 @@ async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, T
 
 
 async def existing_by_idempotency_key(session: AsyncSession, project_id: int, key: str) -> Task | None:
-    return await session.scalar(
-        select(Task).where(Task.project_id == project_id, Task.idempotency_key == key)
-    )
+    return await session.scalar(select(Task).where(Task.project_id == project_id, Task.idempotency_key == key))
 
 
 async def insert_tasks(
@@ -374,9 +372,9 @@ async def hard_delete_task(session: AsyncSession, task_id: int, *, actor: str | 
     )
     record_event(session, task, TaskEventType.DELETED, from_status=task.status, actor=actor, data={"hard": True})
     agent_id = task.assignee_id if task.status in HELD_STATUSES else None
-    await session.execute(delete(TaskDependency).where(
-        or_(TaskDependency.task_id == task_id, TaskDependency.depends_on_id == task_id)
-    ))
+    await session.execute(
+        delete(TaskDependency).where(or_(TaskDependency.task_id == task_id, TaskDependency.depends_on_id == task_id))
+    )
     await session.execute(update(Task).where(Task.parent_id == task_id).values(parent_id=None))
     await session.execute(delete(Task).where(Task.id == task_id))
     if agent_id is not None:
@@ -391,9 +389,9 @@ async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> int:
     ids = list(await session.scalars(select(Task.id).where(Task.deleted_at < older_than).limit(1000)))
     if not ids:
         return 0
-    await session.execute(delete(TaskDependency).where(
-        or_(TaskDependency.task_id.in_(ids), TaskDependency.depends_on_id.in_(ids))
-    ))
+    await session.execute(
+        delete(TaskDependency).where(or_(TaskDependency.task_id.in_(ids), TaskDependency.depends_on_id.in_(ids)))
+    )
     await session.execute(update(Task).where(Task.parent_id.in_(ids)).values(parent_id=None))
     await session.execute(delete(Task).where(Task.id.in_(ids)))
     return len(ids)

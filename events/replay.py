@@ -55,13 +55,18 @@ async def follow_events(
                 if horizon - lag_from > max_lag and bus.horizon - lag_from > max_lag:
                     raise SubscriberTooSlow(
                         f"this subscription fell {bus.horizon - cursor} events behind; resubscribe "
-                        f"with after: \"{cursor}\" to continue without loss",
+                        f'with after: "{cursor}" to continue without loss',
                         cursor=str(cursor),
                     )
                 async with services.read() as session:
                     rows = await list_events(
-                        session, after=cursor, upto=horizon, project_id=where.project_id,
-                        task_id=where.task_id, agent_id=where.agent_id, limit=PAGE,
+                        session,
+                        after=cursor,
+                        upto=horizon,
+                        project_id=where.project_id,
+                        task_id=where.task_id,
+                        agent_id=where.agent_id,
+                        limit=PAGE,
                     )
                 if len(rows) < PAGE:
                     for row in rows:

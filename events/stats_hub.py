@@ -64,7 +64,7 @@ class StatsHub(Generic[T]):
             yield feed.value
             while True:
                 async with feed.changed:
-                    await feed.changed.wait_for(lambda: feed.version != seen)
+                    await feed.changed.wait_for(lambda seen=seen: feed.version != seen)
                 seen = feed.version
                 assert feed.value is not None
                 yield feed.value

@@ -28,7 +28,10 @@ class AgentQuery:
 
     @strawberry.field
     async def agents(
-        self, info: Info, status: AgentStatus | None = None, skill: str | None = None,
+        self,
+        info: Info,
+        status: AgentStatus | None = None,
+        skill: str | None = None,
         include_deleted: bool | None = False,
     ) -> list[Agent]:
         async with info.context.services.read() as session:
@@ -41,14 +44,18 @@ class AgentQuery:
 @strawberry.type
 class AgentMutation:
     @strawberry.mutation(description="Upsert by name; re-registering rotates the token.")
-    async def register_agent(self, info: Info, input: RegisterAgentInput) -> AgentRegistration:  # noqa: A002
+    async def register_agent(self, info: Info, input: RegisterAgentInput) -> AgentRegistration:
         name = validate.name(input.name, "name") or ""
         role = validate.name(input.role, "role", required=False)
         skills = validate.labels(input.skills, "skills")
         limit = validate.int_range(input.max_concurrent_tasks, "maxConcurrentTasks", 1, 1000)
         async with info.context.services.transaction() as session:
             row, token = await db.register_agent(
-                session, name=name, role=role, skills=skills, capabilities=input.capabilities,
+                session,
+                name=name,
+                role=role,
+                skills=skills,
+                capabilities=input.capabilities,
                 max_concurrent_tasks=limit,
                 default_max_concurrent=info.context.settings.max_concurrent_tasks_per_agent,
             )

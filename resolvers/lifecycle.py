@@ -66,7 +66,7 @@ async def run(
 class LifecycleMutation:
     @strawberry.mutation
     async def claim_task(
-        self, info: Info, id: strawberry.ID, agent: str | None = None, idempotency_key: str | None = None  # noqa: A002
+        self, info: Info, id: strawberry.ID, agent: str | None = None, idempotency_key: str | None = None
     ) -> Task:
         task_id, name = validate.parse_id(id), agent_name(agent)
         row = await run(
@@ -76,7 +76,10 @@ class LifecycleMutation:
 
     @strawberry.mutation(description="Claims the best ready task this agent may take; null when none.")
     async def claim_next_task(
-        self, info: Info, agent: str | None = None, project_id: strawberry.ID | None = None,
+        self,
+        info: Info,
+        agent: str | None = None,
+        project_id: strawberry.ID | None = None,
         tags: list[str] | None = None,
     ) -> Task | None:
         name = agent_name(agent)
@@ -89,107 +92,160 @@ class LifecycleMutation:
 
     @strawberry.mutation
     async def start_task(
-        self, info: Info, id: strawberry.ID, agent: str | None = None, attempt: int | None = None,  # noqa: A002
+        self,
+        info: Info,
+        id: strawberry.ID,
+        agent: str | None = None,
+        attempt: int | None = None,
         idempotency_key: str | None = None,
     ) -> Task:
         task_id, name = validate.parse_id(id), agent_name(agent)
         row = await run(
-            info, "startTask", lambda s, a: db.start(s, task_id, a, policy(info), attempt=attempt),
-            agent=name, key=idempotency_key,
+            info,
+            "startTask",
+            lambda s, a: db.start(s, task_id, a, policy(info), attempt=attempt),
+            agent=name,
+            key=idempotency_key,
         )
         return Task.from_row(row)
 
     @strawberry.mutation
     async def report_progress(
-        self, info: Info, id: strawberry.ID, progress: int, agent: str | None = None,  # noqa: A002
-        message: str | None = None, attempt: int | None = None,
+        self,
+        info: Info,
+        id: strawberry.ID,
+        progress: int,
+        agent: str | None = None,
+        message: str | None = None,
+        attempt: int | None = None,
     ) -> Task:
         task_id, name = validate.parse_id(id), agent_name(agent)
         validate.int_range(progress, "progress", 0, 100)
         validate.description(message)
         row = await run(
-            info, "reportProgress",
-            lambda s, a: db.report_progress(s, task_id, a, policy(info), progress=progress, message=message, attempt=attempt),
-            agent=name, key=None,
+            info,
+            "reportProgress",
+            lambda s, a: db.report_progress(
+                s, task_id, a, policy(info), progress=progress, message=message, attempt=attempt
+            ),
+            agent=name,
+            key=None,
         )
         return Task.from_row(row)
 
     @strawberry.mutation
     async def submit_task(
-        self, info: Info, id: strawberry.ID, agent: str | None = None, result: JSON | None = None,  # noqa: A002
-        summary: str | None = None, attempt: int | None = None, idempotency_key: str | None = None,
+        self,
+        info: Info,
+        id: strawberry.ID,
+        agent: str | None = None,
+        result: JSON | None = None,
+        summary: str | None = None,
+        attempt: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
         task_id, name = validate.parse_id(id), agent_name(agent)
         validate.description(summary)
         row = await run(
-            info, "submitTask",
+            info,
+            "submitTask",
             lambda s, a: db.submit(s, task_id, a, policy(info), result=result, summary=summary, attempt=attempt),
-            agent=name, key=idempotency_key,
+            agent=name,
+            key=idempotency_key,
         )
         return Task.from_row(row)
 
     @strawberry.mutation
     async def release_task(
-        self, info: Info, id: strawberry.ID, agent: str | None = None, reason: str | None = None,  # noqa: A002
-        attempt: int | None = None, idempotency_key: str | None = None,
+        self,
+        info: Info,
+        id: strawberry.ID,
+        agent: str | None = None,
+        reason: str | None = None,
+        attempt: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
         task_id, name = validate.parse_id(id), agent_name(agent)
         validate.description(reason)
         row = await run(
-            info, "releaseTask",
+            info,
+            "releaseTask",
             lambda s, a: db.release(s, task_id, a, policy(info), reason=reason, attempt=attempt),
-            agent=name, key=idempotency_key,
+            agent=name,
+            key=idempotency_key,
         )
         return Task.from_row(row)
 
     @strawberry.mutation
     async def fail_task(
-        self, info: Info, id: strawberry.ID, error: str, agent: str | None = None,  # noqa: A002
-        retryable: bool | None = True, attempt: int | None = None, idempotency_key: str | None = None,
+        self,
+        info: Info,
+        id: strawberry.ID,
+        error: str,
+        agent: str | None = None,
+        retryable: bool | None = True,
+        attempt: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
         task_id, name = validate.parse_id(id), agent_name(agent)
         validate.text(error, "error", limit=10_000, required=True)
         row = await run(
-            info, "failTask",
+            info,
+            "failTask",
             lambda s, a: db.fail(
                 s, task_id, a, policy(info), error=error, retryable=retryable is not False, attempt=attempt
             ),
-            agent=name, key=idempotency_key,
+            agent=name,
+            key=idempotency_key,
         )
         return Task.from_row(row)
 
     @strawberry.mutation
     async def review_task(
-        self, info: Info, id: strawberry.ID, reviewer: str, approved: bool,  # noqa: A002
-        feedback: str | None = None, idempotency_key: str | None = None,
+        self,
+        info: Info,
+        id: strawberry.ID,
+        reviewer: str,
+        approved: bool,
+        feedback: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
         task_id = validate.parse_id(id)
         who = validate.name(reviewer, "reviewer") or ""
         validate.description(feedback)
         row = await run(
-            info, "reviewTask",
+            info,
+            "reviewTask",
             lambda s, _: db.review(s, task_id, reviewer=who, approved=approved, feedback=feedback),
-            agent=None, key=idempotency_key, caller=info.context.caller(who),
+            agent=None,
+            key=idempotency_key,
+            caller=info.context.caller(who),
         )
         return Task.from_row(row)
 
     @strawberry.mutation
-    async def retry_task(self, info: Info, id: strawberry.ID, idempotency_key: str | None = None) -> Task:  # noqa: A002
+    async def retry_task(self, info: Info, id: strawberry.ID, idempotency_key: str | None = None) -> Task:
         task_id = validate.parse_id(id)
         row = await run(
-            info, "retryTask", lambda s, _: db.retry(s, task_id, actor=info.context.caller()),
-            agent=None, key=idempotency_key,
+            info,
+            "retryTask",
+            lambda s, _: db.retry(s, task_id, actor=info.context.caller()),
+            agent=None,
+            key=idempotency_key,
         )
         return Task.from_row(row)
 
     @strawberry.mutation
     async def cancel_task(
-        self, info: Info, id: strawberry.ID, reason: str | None = None, idempotency_key: str | None = None  # noqa: A002
+        self, info: Info, id: strawberry.ID, reason: str | None = None, idempotency_key: str | None = None
     ) -> Task:
         task_id = validate.parse_id(id)
         validate.description(reason)
         row = await run(
-            info, "cancelTask", lambda s, _: db.cancel(s, task_id, reason=reason, actor=info.context.caller()),
-            agent=None, key=idempotency_key,
+            info,
+            "cancelTask",
+            lambda s, _: db.cancel(s, task_id, reason=reason, actor=info.context.caller()),
+            agent=None,
+            key=idempotency_key,
         )
         return Task.from_row(row)

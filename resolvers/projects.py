@@ -16,7 +16,7 @@ Info = strawberry.Info[Context, None]
 @strawberry.type
 class ProjectQuery:
     @strawberry.field
-    async def project(self, info: Info, id: strawberry.ID) -> Project | None:  # noqa: A002
+    async def project(self, info: Info, id: strawberry.ID) -> Project | None:
         async with info.context.services.read() as session:
             row = await db.get_project(session, validate.parse_id(id))
         return Project.from_row(row) if row is not None else None
@@ -35,7 +35,7 @@ class ProjectQuery:
 @strawberry.type
 class ProjectMutation:
     @strawberry.mutation
-    async def create_project(self, info: Info, input: CreateProjectInput) -> Project:  # noqa: A002
+    async def create_project(self, info: Info, input: CreateProjectInput) -> Project:
         name = validate.name(input.name, "name")
         description = validate.description(input.description)
         async with info.context.services.transaction() as session:
@@ -48,7 +48,7 @@ class ProjectMutation:
         return Project.from_row(row)
 
     @strawberry.mutation
-    async def update_project(self, info: Info, id: strawberry.ID, input: UpdateProjectInput) -> Project:  # noqa: A002
+    async def update_project(self, info: Info, id: strawberry.ID, input: UpdateProjectInput) -> Project:
         changes: dict[str, object] = {}
         if input.name is not strawberry.UNSET:
             changes["name"] = validate.name(input.name, "name")
@@ -63,7 +63,7 @@ class ProjectMutation:
         return Project.from_row(row)
 
     @strawberry.mutation(description="Soft delete hides the project and its tasks; hard: true erases them.")
-    async def delete_project(self, info: Info, id: strawberry.ID, hard: bool | None = False) -> bool:  # noqa: A002
+    async def delete_project(self, info: Info, id: strawberry.ID, hard: bool | None = False) -> bool:
         project_id = validate.parse_id(id)
         async with info.context.services.transaction() as session:
             if hard:
@@ -73,7 +73,7 @@ class ProjectMutation:
         return True
 
     @strawberry.mutation
-    async def restore_project(self, info: Info, id: strawberry.ID) -> Project:  # noqa: A002
+    async def restore_project(self, info: Info, id: strawberry.ID) -> Project:
         async with info.context.services.transaction() as session:
             row = await db.restore_project(session, validate.parse_id(id), actor=info.context.caller())
         return Project.from_row(row)

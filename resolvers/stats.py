@@ -32,9 +32,15 @@ async def compute_stats(services: Services, project_id: int | None) -> Dashboard
     return DashboardStats(
         projects=ProjectCounts(**projects),
         tasks=TaskCounts(
-            total=tasks["total"], pending=tasks["PENDING"], ready=tasks["ready"], assigned=tasks["ASSIGNED"],
-            running=tasks["RUNNING"], reviewing=tasks["REVIEWING"], completed=tasks["COMPLETED"],
-            failed=tasks["FAILED"], cancelled=tasks["CANCELLED"],
+            total=tasks["total"],
+            pending=tasks["PENDING"],
+            ready=tasks["ready"],
+            assigned=tasks["ASSIGNED"],
+            running=tasks["RUNNING"],
+            reviewing=tasks["REVIEWING"],
+            completed=tasks["COMPLETED"],
+            failed=tasks["FAILED"],
+            cancelled=tasks["CANCELLED"],
         ),
         agents=AgentCounts(
             total=sum(agents.values()), online=agents["ONLINE"], busy=agents["BUSY"], offline=agents["OFFLINE"]
@@ -55,10 +61,15 @@ async def dashboard_stats_json(services: Services, project_id: str | None) -> di
         "deleted": vars(stats.deleted),
         "recentEvents": [
             {
-                "id": e.id, "taskId": e.task_id, "projectId": e.project_id, "type": e.type.value,
+                "id": e.id,
+                "taskId": e.task_id,
+                "projectId": e.project_id,
+                "type": e.type.value,
                 "fromStatus": e.from_status.value if e.from_status else None,
                 "toStatus": e.to_status.value if e.to_status else None,
-                "actor": e.actor, "message": e.message, "createdAt": e.created_at.isoformat(),
+                "actor": e.actor,
+                "message": e.message,
+                "createdAt": e.created_at.isoformat(),
             }
             for e in stats.recent[:10]
         ],
@@ -74,14 +85,21 @@ class StatsQuery:
 
     @strawberry.field(description="Stored events with id > after, oldest first.")
     async def events(
-        self, info: Info, after: strawberry.ID | None = None, project_id: strawberry.ID | None = None,
-        task_id: strawberry.ID | None = None, first: int | None = 100,
+        self,
+        info: Info,
+        after: strawberry.ID | None = None,
+        project_id: strawberry.ID | None = None,
+        task_id: strawberry.ID | None = None,
+        first: int | None = 100,
     ) -> list[TaskEvent]:
         limit = info.context.page_size(first, default=100)
         cursor = 0 if after in (None, "0") else validate.parse_id(after, "after")
         async with info.context.services.read() as session:
             rows = await db_events.list_events(
-                session, after=cursor, project_id=validate.optional_id(project_id, "projectId"),
-                task_id=validate.optional_id(task_id, "taskId"), limit=limit,
+                session,
+                after=cursor,
+                project_id=validate.optional_id(project_id, "projectId"),
+                task_id=validate.optional_id(task_id, "taskId"),
+                limit=limit,
             )
         return [TaskEvent.from_row(r) for r in rows]

@@ -63,12 +63,16 @@ async def _agent_id(info: Info, name: str | None) -> int | None:
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
-        description="With after: replays stored events with id > after (\"0\" = all), then streams "
+        description='With after: replays stored events with id > after ("0" = all), then streams '
         "live; without: live only. Resuming with the last id seen skips and repeats nothing."
     )
     async def task_events(
-        self, info: Info, after: strawberry.ID | None = None, project_id: strawberry.ID | None = None,
-        task_id: strawberry.ID | None = None, agent: str | None = None,
+        self,
+        info: Info,
+        after: strawberry.ID | None = None,
+        project_id: strawberry.ID | None = None,
+        task_id: strawberry.ID | None = None,
+        agent: str | None = None,
     ) -> AsyncGenerator[TaskEvent, None]:
         cursor = None if after is None else (0 if after == "0" else validate.parse_id(after, "after"))
         where = EventFilter(
@@ -78,14 +82,19 @@ class Subscription:
         )
         async with _slot(info):
             async for row in follow_events(
-                info.context.services, after=cursor, where=where,
+                info.context.services,
+                after=cursor,
+                where=where,
                 max_lag=info.context.settings.max_subscriber_lag,
             ):
                 yield TaskEvent.from_row(row)
 
     @strawberry.subscription(description="The task's state after each change that matches the filter.")
     async def task_changed(
-        self, info: Info, project_id: strawberry.ID | None = None, status: list[TaskStatus] | None = None,
+        self,
+        info: Info,
+        project_id: strawberry.ID | None = None,
+        status: list[TaskStatus] | None = None,
         assignee: str | None = None,
     ) -> AsyncGenerator[Task, None]:
         where = EventFilter(project_id=validate.optional_id(project_id, "projectId"))

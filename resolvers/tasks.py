@@ -60,13 +60,13 @@ async def task_connection(
 @strawberry.type
 class TaskQuery:
     @strawberry.field
-    async def task(self, info: Info, id: strawberry.ID) -> Task | None:  # noqa: A002
+    async def task(self, info: Info, id: strawberry.ID) -> Task | None:
         row = await info.context.loaders.task.load(validate.parse_id(id))
         return Task.from_row(row) if row is not None and row.deleted_at is None else None
 
     @strawberry.field
     async def tasks(
-        self, info: Info, filter: TaskFilter | None = None, first: int | None = 50, after: str | None = None  # noqa: A002
+        self, info: Info, filter: TaskFilter | None = None, first: int | None = 50, after: str | None = None
     ) -> TaskConnection:
         return await task_connection(info, filter, first, after)
 
@@ -150,7 +150,7 @@ def _policy_kwargs(info: Info) -> dict[str, Any]:
 @strawberry.type
 class TaskMutation:
     @strawberry.mutation
-    async def create_task(self, info: Info, input: CreateTaskInput) -> Task:  # noqa: A002
+    async def create_task(self, info: Info, input: CreateTaskInput) -> Task:
         if input.project_id is None:
             raise BadInput("projectId is required in createTask")
         project_id = validate.parse_id(input.project_id, "projectId")
@@ -163,9 +163,7 @@ class TaskMutation:
                 existing = await db.existing_by_idempotency_key(session, project_id, item.idempotency_key)
                 if existing is not None:
                     return Task.from_row(existing)
-            (row,) = await db.insert_tasks(
-                session, project_id, [item], actor=item.created_by, **_policy_kwargs(info)
-            )
+            (row,) = await db.insert_tasks(session, project_id, [item], actor=item.created_by, **_policy_kwargs(info))
         return Task.from_row(row)
 
     @strawberry.mutation(description="All or nothing, in input order; refs link items of the same call.")
@@ -195,12 +193,14 @@ class TaskMutation:
                 if all(found):
                     return [Task.from_row(r) for r in found if r is not None]
                 if any(found):
-                    raise BadInput("some idempotencyKeys of this batch already exist and some do not; resend the original batch")
+                    raise BadInput(
+                        "some idempotencyKeys of this batch already exist and some do not; resend the original batch"
+                    )
             rows = await db.insert_tasks(session, pid, items, actor=None, **_policy_kwargs(info)) if items else []
         return [Task.from_row(r) for r in rows]
 
     @strawberry.mutation
-    async def update_task(self, info: Info, id: strawberry.ID, input: UpdateTaskInput) -> Task:  # noqa: A002
+    async def update_task(self, info: Info, id: strawberry.ID, input: UpdateTaskInput) -> Task:
         changes: dict[str, Any] = {}
         checks = {
             "title": lambda v: validate.title(v),
@@ -231,7 +231,9 @@ class TaskMutation:
     async def add_dependency(self, info: Info, task_id: strawberry.ID, depends_on: strawberry.ID) -> Task:
         async with info.context.services.transaction() as session:
             row = await db_deps.add_dependency(
-                session, validate.parse_id(task_id, "taskId"), validate.parse_id(depends_on, "dependsOn"),
+                session,
+                validate.parse_id(task_id, "taskId"),
+                validate.parse_id(depends_on, "dependsOn"),
                 actor=info.context.caller(),
             )
         return Task.from_row(row)
@@ -240,13 +242,15 @@ class TaskMutation:
     async def remove_dependency(self, info: Info, task_id: strawberry.ID, depends_on: strawberry.ID) -> Task:
         async with info.context.services.transaction() as session:
             row = await db_deps.remove_dependency(
-                session, validate.parse_id(task_id, "taskId"), validate.parse_id(depends_on, "dependsOn"),
+                session,
+                validate.parse_id(task_id, "taskId"),
+                validate.parse_id(depends_on, "dependsOn"),
                 actor=info.context.caller(),
             )
         return Task.from_row(row)
 
     @strawberry.mutation(description="Soft delete hides the task; hard: true erases it and its links.")
-    async def delete_task(self, info: Info, id: strawberry.ID, hard: bool | None = False) -> bool:  # noqa: A002
+    async def delete_task(self, info: Info, id: strawberry.ID, hard: bool | None = False) -> bool:
         task_id = validate.parse_id(id)
         actor = info.context.caller()
         async with info.context.services.transaction() as session:
@@ -258,7 +262,7 @@ class TaskMutation:
         return True
 
     @strawberry.mutation
-    async def restore_task(self, info: Info, id: strawberry.ID) -> Task:  # noqa: A002
+    async def restore_task(self, info: Info, id: strawberry.ID) -> Task:
         async with info.context.services.transaction() as session:
             row = await db.restore_task(session, validate.parse_id(id), actor=info.context.caller())
         return Task.from_row(row)

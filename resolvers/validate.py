@@ -18,7 +18,7 @@ def parse_id(value: str | int | None, what: str = "id") -> int:
     try:
         number = int(str(value))
     except (TypeError, ValueError):
-        raise BadInput(f"{what} must be a task service id such as \"42\"; got {value!r}") from None
+        raise BadInput(f'{what} must be a task service id such as "42"; got {value!r}') from None
     if number <= 0 or number > MAX_INT_ID:
         raise BadInput(f"{what} {value!r} is out of range")
     return number

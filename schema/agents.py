@@ -75,9 +75,7 @@ class Agent:
 @strawberry.type
 class AgentRegistration:
     agent: Agent
-    token: str | None = strawberry.field(
-        description="The agent's bearer token; returned only here, stored hashed."
-    )
+    token: str | None = strawberry.field(description="The agent's bearer token; returned only here, stored hashed.")
 
 
 @strawberry.type

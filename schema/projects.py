@@ -72,7 +72,7 @@ class Project:
     async def tasks(
         self,
         info: strawberry.Info,
-        filter: Annotated[TaskFilter, strawberry.lazy(".tasks")] | None = None,  # noqa: A002
+        filter: Annotated[TaskFilter, strawberry.lazy(".tasks")] | None = None,
         first: int | None = 50,
         after: str | None = None,
     ) -> Annotated[TaskConnection, strawberry.lazy(".tasks")]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,11 @@ async def pg_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     path: Path = tmp_path_factory.mktemp("sqlite") / "test.db"
     url = f"sqlite+aiosqlite:///{path}"
     await upgrade_to_head(url)
-    yield url
+    return url
 
 
 def make_settings(url: str, **overrides: Any) -> Settings:
@@ -159,8 +159,3 @@ def gql(schema: Schema, services: Services) -> Client:
 @pytest.fixture
 def pg_gql(schema: Schema, pg_services: Services) -> Client:
     return Client(schema, pg_services)
-
-
-@pytest.fixture
-def anyio_backend() -> Iterator[str]:
-    yield "asyncio"

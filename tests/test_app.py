@@ -101,7 +101,8 @@ class TestDashboardStatsJson:
         client.post(
             "/graphql",
             json={
-                "query": "mutation($p: ID!) { createTask(input: {projectId: $p, title: \"t\", taskType: \"research\"}) { id } }",
+                "query": "mutation($p: ID!) { createTask(input: "
+                '{projectId: $p, title: "t", taskType: "research"}) { id } }',
                 "variables": {"p": created},
             },
         )

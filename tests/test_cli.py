@@ -86,9 +86,7 @@ class TestServe:
         ("variable", "value"),
         [("PORT", "notanumber"), ("HEARTBEAT_TIMEOUT_SECONDS", "-1"), ("LOG_LEVEL", "loud")],
     )
-    def test_invalid_setting_stops_startup_with_one_line(
-        self, tmp_path: Path, variable: str, value: str
-    ) -> None:
+    def test_invalid_setting_stops_startup_with_one_line(self, tmp_path: Path, variable: str, value: str) -> None:
         started = time.monotonic()
 
         result = _run("serve", cwd=tmp_path, **{variable: value})

@@ -36,7 +36,8 @@ class TestContract:
             [sys.executable, str(CONTRACT_CHECK), str(sdl)], capture_output=True, text=True, timeout=60
         )
         problems = [
-            line for line in result.stdout.splitlines()
+            line
+            for line in result.stdout.splitlines()
             if line and not line.startswith("contract:") and line != "missing type Subscription"
         ]
         assert not problems, result.stdout

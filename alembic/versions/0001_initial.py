@@ -59,9 +59,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name=op.f("uq_agents_token_hash")),
         sqlite_autoincrement=True,
     )
-    op.create_index(
-        "ix_agents_status_heartbeat", "agents", ["status", "last_heartbeat_at"], unique=False
-    )
+    op.create_index("ix_agents_status_heartbeat", "agents", ["status", "last_heartbeat_at"], unique=False)
     op.create_table(
         "idempotency_keys",
         sa.Column("caller", sa.String(length=200), nullable=False),
@@ -71,9 +69,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("caller", "key", name=op.f("pk_idempotency_keys")),
     )
-    op.create_index(
-        "ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"], unique=False
-    )
+    op.create_index("ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"], unique=False)
     op.create_table(
         "projects",
         sa.Column(
@@ -120,9 +116,7 @@ def upgrade() -> None:
         ),
         sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("task_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column(
-            "project_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("project_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("type", sa.String(length=32), nullable=False),
         sa.Column("from_status", sa.String(length=16), nullable=True),
         sa.Column("to_status", sa.String(length=16), nullable=True),
@@ -141,9 +135,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("seq", name=op.f("uq_task_events_seq")),
         sqlite_autoincrement=True,
     )
-    op.create_index(
-        "ix_task_events_project_seq", "task_events", ["project_id", "seq"], unique=False
-    )
+    op.create_index("ix_task_events_project_seq", "task_events", ["project_id", "seq"], unique=False)
     op.create_index("ix_task_events_task_seq", "task_events", ["task_id", "seq"], unique=False)
     op.create_index(
         "ix_task_events_unsequenced",
@@ -169,9 +161,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column(
-            "project_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("project_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("parent_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("title", sa.String(length=500), nullable=False),
         sa.Column("description", sa.Text(), nullable=True),
@@ -192,12 +182,8 @@ def upgrade() -> None:
             .with_variant(sqlite.JSON(), "sqlite"),
             nullable=False,
         ),
-        sa.Column(
-            "skill_set_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
-        sa.Column(
-            "assignee_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
-        ),
+        sa.Column("skill_set_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("assignee_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("reviewer", sa.String(length=100), nullable=True),
         sa.Column("acceptance_criteria", sa.Text(), nullable=True),
         sa.Column("requires_review", sa.Boolean(), nullable=False),
@@ -231,9 +217,7 @@ def upgrade() -> None:
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint("priority BETWEEN 1 AND 10", name=op.f("ck_tasks_priority_range")),
-        sa.CheckConstraint(
-            "progress IS NULL OR progress BETWEEN 0 AND 100", name=op.f("ck_tasks_progress_range")
-        ),
+        sa.CheckConstraint("progress IS NULL OR progress BETWEEN 0 AND 100", name=op.f("ck_tasks_progress_range")),
         sa.ForeignKeyConstraint(
             ["assignee_id"],
             ["agents.id"],
@@ -249,9 +233,7 @@ def upgrade() -> None:
             name=op.f("fk_tasks_project_id_projects"),
             ondelete="CASCADE",
         ),
-        sa.ForeignKeyConstraint(
-            ["skill_set_id"], ["skill_sets.id"], name=op.f("fk_tasks_skill_set_id_skill_sets")
-        ),
+        sa.ForeignKeyConstraint(["skill_set_id"], ["skill_sets.id"], name=op.f("fk_tasks_skill_set_id_skill_sets")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
         sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_project_idempotency"),
         sqlite_autoincrement=True,
@@ -262,12 +244,8 @@ def upgrade() -> None:
         "tasks",
         ["skill_set_id", sa.literal_column("priority DESC"), "due_at", "created_at", "id"],
         unique=False,
-        postgresql_where=sa.text(
-            "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
-        ),
-        sqlite_where=sa.text(
-            "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
-        ),
+        postgresql_where=sa.text("status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"),
+        sqlite_where=sa.text("status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"),
     )
     op.create_index("ix_tasks_deleted_at", "tasks", ["deleted_at"], unique=False)
     op.create_index(
@@ -284,9 +262,7 @@ def upgrade() -> None:
     op.create_table(
         "task_dependencies",
         sa.Column("task_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column(
-            "depends_on_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("depends_on_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.CheckConstraint("task_id <> depends_on_id", name=op.f("ck_task_dependencies_not_self")),
         sa.ForeignKeyConstraint(
             ["depends_on_id"],
@@ -352,12 +328,8 @@ def downgrade() -> None:
     op.drop_index(
         "ix_tasks_claim_order",
         table_name="tasks",
-        postgresql_where=sa.text(
-            "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
-        ),
-        sqlite_where=sa.text(
-            "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
-        ),
+        postgresql_where=sa.text("status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"),
+        sqlite_where=sa.text("status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"),
     )
     op.drop_index("ix_tasks_assignee_status", table_name="tasks")
     op.drop_table("tasks")

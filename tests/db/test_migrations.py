@@ -22,9 +22,7 @@ from task_service.db import models
 from task_service.db.base import Base
 from task_service.db.migrate import context_options, downgrade_to_base, upgrade_to_head
 
-ADMIN_URL = os.environ.get(
-    "TASK_SERVICE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("TASK_SERVICE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -40,9 +38,7 @@ async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
     name = "tsmig_" + secrets.token_hex(6)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + (
-            "/" + name
-        )
+        yield ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + ("/" + name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -137,10 +133,7 @@ class TestMigrations:
 
         def defaults(conn: Connection) -> dict[str, tuple[int, int, int]]:
             rows = conn.execute(
-                text(
-                    "SELECT task_type, timeout_minutes, max_attempts, priority"
-                    " FROM task_type_defaults"
-                )
+                text("SELECT task_type, timeout_minutes, max_attempts, priority FROM task_type_defaults")
             )
             return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
@@ -151,9 +144,7 @@ class TestMigrations:
         assert seeded["review"] == (30, 3, 8)
         assert seeded == models.TASK_TYPE_DEFAULTS
 
-    async def test_downgrade_drops_every_table_and_upgrade_rebuilds(
-        self, empty_database: str
-    ) -> None:
+    async def test_downgrade_drops_every_table_and_upgrade_rebuilds(self, empty_database: str) -> None:
         await upgrade_to_head(empty_database)
 
         await downgrade_to_base(empty_database)
