@@ -21,7 +21,7 @@ from .db import agents as db_agents
 from .db.base import utcnow
 from .db.enums import ACTIVE_STATUSES, TaskEventType, TaskStatus
 from .db.idempotency import purge_keys
-from .db.lifecycle import Policy, requeue_or_fail
+from .db.lifecycle import Policy, lock_active_tasks, requeue_or_fail
 from .db.models import Agent, Project, Task
 from .db.tasks import purge_deleted
 from .services import Services
@@ -129,13 +129,7 @@ class Reaper:
         offline = expired = 0
         async with self.services.transaction() as session:
             for agent in await db_agents.stale_agents(session, older_than=cutoff):
-                tasks = (
-                    await session.scalars(
-                        select(Task)
-                        .where(Task.assignee_id == agent.id, Task.status.in_(ACTIVE_STATUSES))
-                        .with_for_update()
-                    )
-                ).all()
+                tasks = await lock_active_tasks(session, agent.id)
                 for task in tasks:
                     await self._expire(session, task, f"agent '{agent.name}' stopped sending heartbeats")
                 expired += len(tasks)

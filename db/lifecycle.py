@@ -62,7 +62,7 @@ def _assign(task: Task, agent: Agent, now: datetime, policy: Policy) -> None:
     agent.claimed_count += 1
 
 
-async def _matching_skill_sets(session: AsyncSession, agent: Agent) -> list[int]:
+async def matching_skill_sets(session: AsyncSession, agent: Agent) -> list[int]:
     have = set(agent.skills or [])
     rows = await session.execute(select(SkillSet.id, SkillSet.skills))
     return [set_id for set_id, skills in rows if set(skills or []) <= have]
@@ -85,7 +85,7 @@ async def claim_next(
     from .tasks import _has_tag
 
     await _check_limit(session, agent)
-    skill_sets = await _matching_skill_sets(session, agent)
+    skill_sets = await matching_skill_sets(session, agent)
     if not skill_sets:
         return None
     now = utcnow()
@@ -315,16 +315,7 @@ async def release(
 ) -> Task:
     task = await held_task(session, task_id, agent, attempt=attempt, allowed=ACTIVE_STATUSES, action="release")
     holder = agent or (await lock_agent_by_id(session, task.assignee_id) if task.assignee_id else None)
-    record_event(
-        session,
-        task,
-        TaskEventType.RELEASED,
-        from_status=task.status,
-        to_status="PENDING",
-        actor=agent.name if agent else None,
-        message=reason,
-    )
-    _requeue(task, utcnow())
+    _release(session, task, actor=agent.name if agent else None, reason=reason)
     if agent is not None:
         await touch(session, agent, lease_seconds=policy.lease_seconds)
     elif holder is not None:
@@ -437,24 +428,29 @@ async def cancel(session: AsyncSession, task_id: int, *, reason: str | None, act
     return task
 
 
+async def lock_active_tasks(session: AsyncSession, agent_id: int) -> list[Task]:
+    """The agent's ASSIGNED/RUNNING tasks, locked (the caller holds the agent's lock)."""
+    query = select(Task).where(Task.assignee_id == agent_id, Task.status.in_(ACTIVE_STATUSES))
+    return list((await session.scalars(query.with_for_update())).all())
+
+
+def _release(session: AsyncSession, task: Task, *, actor: str | None, reason: str | None) -> None:
+    record_event(
+        session,
+        task,
+        TaskEventType.RELEASED,
+        from_status=task.status,
+        to_status="PENDING",
+        actor=actor,
+        message=reason,
+    )
+    _requeue(task, utcnow())
+
+
 async def release_all(session: AsyncSession, agent: Agent, *, reason: str, actor: str | None) -> list[Task]:
     """Return every active task of `agent` (locked) to PENDING: unregistering."""
-    tasks = (
-        await session.scalars(
-            select(Task).where(Task.assignee_id == agent.id, Task.status.in_(ACTIVE_STATUSES)).with_for_update()
-        )
-    ).all()
-    now = utcnow()
+    tasks = await lock_active_tasks(session, agent.id)
     for task in tasks:
-        record_event(
-            session,
-            task,
-            TaskEventType.RELEASED,
-            from_status=task.status,
-            to_status="PENDING",
-            actor=actor,
-            message=reason,
-        )
-        _requeue(task, now)
+        _release(session, task, actor=actor, reason=reason)
     await session.flush()
-    return list(tasks)
+    return tasks

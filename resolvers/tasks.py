@@ -9,7 +9,7 @@ import strawberry
 from ..db import agents as db_agents
 from ..db import dependencies as db_deps
 from ..db import tasks as db
-from ..db.lifecycle import _matching_skill_sets
+from ..db.lifecycle import matching_skill_sets
 from ..errors import BadInput, CycleDetected
 from ..schema.tasks import CreateTaskInput, PageInfo, Task, TaskConnection, TaskFilter, UpdateTaskInput
 from . import validate
@@ -79,7 +79,7 @@ class TaskQuery:
         async with info.context.services.read() as session:
             if agent is not None:
                 row = await db_agents.require_agent(session, agent)
-                q.skill_set_ids = await _matching_skill_sets(session, row)
+                q.skill_set_ids = await matching_skill_sets(session, row)
             rows = await db.list_ready(session, q, first=first)
         return [Task.from_row(r) for r in rows]
 
