@@ -15,7 +15,9 @@ from .db.events import stamp_events
 from .db.session import create_engine, create_sessionmaker
 from .events.bus import EventBus
 from .events.sequencer import Sequencer
+from .events.snapshots import TaskSnapshots
 from .events.stats_hub import StatsHub
+from .events.tail import LogTail
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,14 @@ class Services:
     bus: EventBus
     sequencer: Sequencer = field(init=False)
     stats_hub: StatsHub[Any] = field(init=False)
+    tail: LogTail = field(init=False)
+    snapshots: TaskSnapshots = field(init=False)
     is_sqlite: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.tail = LogTail(self.sessionmaker)
+        self.snapshots = TaskSnapshots(self.sessionmaker)
         self.sequencer = Sequencer(self.sessionmaker, on_sequenced=self.bus.publish_horizon)
 
         async def compute(project_id: int | None) -> Any:

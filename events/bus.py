@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class EventBus:
         self.horizon = 0
         self.connected = False
         self.reconnects = 0
+        self.resynced_at = float("-inf")  # time.monotonic() of the last reconnect
         self._listeners: set[Listener] = set()
         self._broadcast: Broadcast | None = None
         self._publish_lock = asyncio.Lock()
@@ -241,6 +243,7 @@ class EventBus:
             listener.signal()
 
     def _resync_all(self) -> None:
+        self.resynced_at = time.monotonic()
         for listener in self._listeners:
             listener.resync = True
             listener.signal()

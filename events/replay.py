@@ -3,6 +3,9 @@
 The subscriber registers with the bus before its first read, then alternates: read the
 horizon H (the highest stamped cursor), read the stamped events in (cursor, H] page by page,
 move the cursor to H, and sleep until the bus says the horizon moved (or a safety poll).
+Live subscribers read from the process's in-memory tail of the log (events/tail.py), which
+one query per horizon advance keeps current for all of them; a subscriber whose cursor is
+older than the tail's window reads the database.
 Stamps become visible as a prefix (events/sequencer.py), so every event <= H is readable
 when H is, and a filtered subscriber can move its cursor past events it does not want.
 A subscriber whose client does not keep up falls behind the horizon; past `max_lag`
@@ -11,10 +14,11 @@ events it is ended with an error carrying its cursor, and resumes with `after`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..db.events import list_events, max_seq
+from ..db.events import list_events
 from ..db.models import TaskEvent
 from ..errors import DomainError, ErrorCode
 from ..services import Services
@@ -34,19 +38,33 @@ class EventFilter:
     task_id: int | None = None
     agent_id: int | None = None
 
+    def matches(self, event: TaskEvent) -> bool:
+        """The same test as list_events' WHERE clause, for events read from the tail."""
+        return (
+            (self.project_id is None or event.project_id == self.project_id)
+            and (self.task_id is None or event.task_id == self.task_id)
+            and (self.agent_id is None or event.agent_id == self.agent_id)
+        )
+
 
 async def follow_events(
     services: Services, *, after: int | None, where: EventFilter, max_lag: int = DEFAULT_MAX_LAG
 ) -> AsyncIterator[TaskEvent]:
     """Yield stamped events with seq > after (or from now when after is None), in order."""
-    bus = services.bus
+    bus, tail = services.bus, services.tail
     with bus.listen() as listener:
-        async with services.read() as session:
-            start = await max_seq(session)
+        start = await tail.refresh()
         cursor = start if after is None else after
+        since: float | None = None
         while True:
-            async with services.read() as session:
-                horizon = await max_seq(session)
+            # One query per horizon advance for the whole process: the first subscriber to
+            # wake refreshes the tail, the others find it already there. After a safety poll
+            # timeout or a bus reconnect (signals may have been lost) a refresh must have
+            # started since `since`; again one query serves them all.
+            if since is not None:
+                horizon = await tail.refresh(started_after=since)
+            else:
+                horizon = await tail.refresh(want=listener.horizon)
             bus.note_horizon(horizon)
             while cursor < horizon:
                 # Lag counts only events committed since this subscription began: replaying
@@ -58,25 +76,30 @@ async def follow_events(
                         f'with after: "{cursor}" to continue without loss',
                         cursor=str(cursor),
                     )
-                async with services.read() as session:
-                    rows = await list_events(
-                        session,
-                        after=cursor,
-                        upto=horizon,
-                        project_id=where.project_id,
-                        task_id=where.task_id,
-                        agent_id=where.agent_id,
-                        limit=PAGE,
-                    )
-                if len(rows) < PAGE:
-                    for row in rows:
-                        yield row
-                    cursor = horizon
-                    break
+                if tail.covers(cursor):
+                    rows, next_cursor = tail.read(cursor, where.matches, PAGE, upto=horizon)
+                else:
+                    # Behind the window (a replay or a slow client): read the log itself.
+                    async with services.read() as session:
+                        rows = await list_events(
+                            session,
+                            after=cursor,
+                            upto=horizon,
+                            project_id=where.project_id,
+                            task_id=where.task_id,
+                            agent_id=where.agent_id,
+                            limit=PAGE,
+                        )
+                    next_cursor = horizon if len(rows) < PAGE else (rows[-1].seq or cursor)
                 for row in rows:
                     yield row
                     cursor = row.seq or cursor
+                cursor = max(cursor, next_cursor)
+            since = None
             if listener.horizon <= cursor and not listener.resync:
                 # Woken by the bus; the timeout is a safety poll of the database's horizon.
-                await listener.wait(SAFETY_POLL_SECONDS)
-            listener.resync = False
+                if not await listener.wait(SAFETY_POLL_SECONDS):
+                    since = time.monotonic() - SAFETY_POLL_SECONDS / 2
+            if listener.resync:
+                listener.resync = False
+                since = bus.resynced_at

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -26,7 +27,7 @@ REFRESH_LIMIT = 2000
 
 
 class LogTail:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, capacity: int = 20_000):
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, capacity: int = 10_000):
         self._sessionmaker = sessionmaker
         self._capacity = capacity
         self._seqs: list[int] = []
@@ -35,13 +36,23 @@ class LogTail:
         self.start = 0  # the window holds seq in (start, end]
         self.end = -1  # -1: not initialised
         self.refreshes = 0
+        self._last_started = float("-inf")
 
-    async def refresh(self, want: int | None = None) -> int:
-        """Fetch events stamped since the window's end; returns the new end. With `want`,
-        return at once when the window already reaches it (another subscriber refreshed)."""
+    async def refresh(self, *, want: int | None = None, started_after: float | None = None) -> int:
+        """Fetch events stamped since the window's end; returns the new end.
+
+        Without arguments it always queries. With `want`, it returns at once when the window
+        already reaches that seq; with `started_after` (a time.monotonic() value), when a
+        refresh began after that moment. Callers queue on a lock, so a crowd woken by one
+        signal runs one query and the rest find its result.
+        """
         async with self._lock:
-            if want is not None and self.end >= want:
+            if self.end >= 0 and (
+                (want is not None and self.end >= want)
+                or (started_after is not None and self._last_started >= started_after)
+            ):
                 return self.end
+            self._last_started = time.monotonic()
             async with self._sessionmaker() as session:
                 if self.end < 0:
                     self.start = self.end = await max_seq(session)
@@ -76,18 +87,19 @@ class LogTail:
     def covers(self, cursor: int) -> bool:
         return self.end >= 0 and self.start <= cursor <= self.end
 
-    def read(self, cursor: int, keep: Callable[[TaskEvent], bool], limit: int) -> tuple[list[TaskEvent], int]:
-        """Events after `cursor` in the window that `keep` accepts (at most `limit`), and the
-        cursor to continue from. Call only when covers(cursor)."""
+    def read(
+        self, cursor: int, keep: Callable[[TaskEvent], bool], limit: int, *, upto: int
+    ) -> tuple[list[TaskEvent], int]:
+        """Events in (cursor, upto] of the window that `keep` accepts (at most `limit`), and
+        the cursor to continue from. Call only when covers(cursor)."""
+        upto = min(upto, self.end)
         index = bisect.bisect_right(self._seqs, cursor)
+        stop = bisect.bisect_right(self._seqs, upto)
         out: list[TaskEvent] = []
-        last = cursor
-        for row in self._rows[index:]:
-            last = row.seq or last
+        for i in range(index, stop):
+            row = self._rows[i]
             if keep(row):
                 out.append(row)
                 if len(out) >= limit:
-                    break
-        else:
-            last = max(last, self.end)
-        return out, last
+                    return out, self._seqs[i]
+        return out, max(cursor, upto)

@@ -104,10 +104,7 @@ class Subscription:
             async for event in follow_events(
                 info.context.services, after=None, where=where, max_lag=info.context.settings.max_subscriber_lag
             ):
-                async with info.context.services.read() as session:
-                    from ..db.tasks import get_task
-
-                    row = await get_task(session, event.task_id)
+                row = await info.context.services.snapshots.after(event.seq or 0, event.task_id)
                 if row is None:
                     continue
                 if wanted is not None and row.status not in wanted:

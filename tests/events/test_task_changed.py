@@ -5,6 +5,8 @@ it (wait_settled), so "nothing was yielded" is observed, not guessed by sleeping
 
 from __future__ import annotations
 
+import contextlib
+
 from tests import factories as f
 from tests.events.helpers import TASK_CHANGED, Collector, Sub, wait_settled
 
@@ -71,3 +73,24 @@ class TestTaskChanged:
         async with Sub(schema, services, TASK_CHANGED, assignee="ghost") as sub:
             result = await sub.result()
         assert result.errors[0].extensions["code"] == "NOT_FOUND"
+
+    async def test_subscribers_share_one_load_of_each_changed_task(self, gql, schema, services):
+        pid = await f.project(gql)
+        subscribers = 20
+        async with contextlib.AsyncExitStack() as stack:
+            collectors = []
+            for _ in range(subscribers):
+                sub = await stack.enter_async_context(Sub(schema, services, TASK_CHANGED, projectId=pid))
+                collectors.append(await stack.enter_async_context(Collector(sub)))
+            await wait_settled(services, at_least=subscribers)
+            loads_before = services.snapshots.loads
+            task = await f.task(gql, project_id=pid)
+            await f.transition(gql, "cancelTask", id=task["id"], reason="done with it")
+            for collector in collectors:
+                await collector.wait_for_count(2)
+            loads = services.snapshots.loads - loads_before
+        assert loads == 2, f"{loads} task loads for 2 changes and {subscribers} subscribers"
+        # A snapshot is read once, when the first subscriber reaches the event: all agree.
+        first = states(collectors[0].values)
+        assert first[-1] == (task["id"], "CANCELLED")
+        assert all(states(c.values) == first for c in collectors)

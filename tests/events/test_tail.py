@@ -1,0 +1,112 @@
+"""The in-memory tail of the log: live subscribers share one query per horizon advance, and a
+subscriber older than the window falls back to the database without losing anything."""
+
+from __future__ import annotations
+
+import contextlib
+
+from sqlalchemy import event
+
+from task_service.db.models import TaskEvent
+from task_service.events.tail import LogTail
+from tests import factories as f
+from tests.events.helpers import TASK_EVENTS, Collector, Sub, all_events, assert_exact_log, wait_settled
+
+
+@contextlib.contextmanager
+def log_reads(services):
+    """Counts the SELECTs that read task_events while the block runs."""
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        lowered = statement.lower()
+        if lowered.lstrip().startswith("select") and "from task_events" in lowered:
+            seen.append(statement)
+
+    sync_engine = services.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", count)
+
+
+class TestSharedTail:
+    async def test_many_live_subscribers_cost_one_log_query_per_change(self, gql, schema, services):
+        pid = await f.project(gql)
+        subscribers, changes = 40, 8
+        async with contextlib.AsyncExitStack() as stack:
+            collectors = []
+            for _ in range(subscribers):
+                sub = await stack.enter_async_context(Sub(schema, services, TASK_EVENTS))
+                collectors.append(await stack.enter_async_context(Collector(sub)))
+            await wait_settled(services, at_least=subscribers)
+            with log_reads(services) as reads:
+                for i in range(changes):
+                    await f.task(gql, project_id=pid, title=f"t{i}")
+                    await wait_settled(services, at_least=subscribers)
+            for collector in collectors:
+                await collector.wait_for_count(changes)
+        # Without the shared tail each subscriber would read the log once per change (320).
+        assert len(reads) <= 2 * changes, f"{len(reads)} log reads for {changes} changes"
+        expected = await all_events(gql)
+        for collector in collectors:
+            assert_exact_log(collector.values, expected[-changes:])
+
+    async def test_subscriber_behind_the_window_reads_the_database_and_joins_live(self, gql, schema, services):
+        services.tail = LogTail(services.sessionmaker, capacity=3)
+        pid = await f.project(gql)
+        for i in range(12):
+            await f.task(gql, project_id=pid, title=f"old{i}")
+        await services.tail.refresh()
+        async with Sub(schema, services, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
+            for i in range(10):
+                await f.task(gql, project_id=pid, title=f"new{i}")
+            await got.wait_for_count(22)
+            expected = await all_events(gql)
+            assert len(expected) == 22
+            assert_exact_log(got.values, expected)
+        assert services.tail.end - services.tail.start <= 3 + 10  # trimmed to capacity after each refresh
+
+    async def test_filtered_subscriber_on_the_tail_matches_the_filtered_log(self, gql, schema, services):
+        p1 = await f.project(gql, name="P1")
+        p2 = await f.project(gql, name="P2")
+        async with (
+            Sub(schema, services, TASK_EVENTS, projectId=p1) as sub,
+            Collector(sub) as got,
+        ):
+            await wait_settled(services)
+            for i in range(6):
+                await f.task(gql, project_id=p1 if i % 2 else p2, title=f"t{i}")
+            await wait_settled(services)
+            expected = await all_events(gql, projectId=p1)
+            await got.wait_for_count(len(expected))
+        assert_exact_log(got.values, expected)
+
+
+class TestLogTailUnit:
+    def _tail_with(self, seqs: list[int]) -> LogTail:
+        tail = LogTail(None, capacity=100)  # type: ignore[arg-type]
+        tail.start, tail.end = seqs[0] - 1, seqs[-1]
+        tail._seqs = list(seqs)
+        tail._rows = [TaskEvent(seq=s, task_id=s % 2, project_id=1, type="CREATED") for s in seqs]
+        return tail
+
+    def test_read_stops_at_upto_and_moves_the_cursor_past_filtered_events(self):
+        tail = self._tail_with(list(range(1, 11)))
+        rows, cursor = tail.read(2, lambda e: e.task_id == 1, 100, upto=8)
+        assert [r.seq for r in rows] == [3, 5, 7]
+        assert cursor == 8
+
+    def test_read_returns_at_most_limit_and_the_cursor_of_the_last_row(self):
+        tail = self._tail_with(list(range(1, 11)))
+        rows, cursor = tail.read(0, lambda e: True, 4, upto=10)
+        assert [r.seq for r in rows] == [1, 2, 3, 4]
+        assert cursor == 4
+
+    def test_covers_only_cursors_inside_the_window(self):
+        tail = self._tail_with(list(range(5, 11)))
+        assert not tail.covers(3)
+        assert tail.covers(4)
+        assert tail.covers(10)
+        assert not tail.covers(11)
