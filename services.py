@@ -15,6 +15,7 @@ from .db.events import stamp_events
 from .db.session import create_engine, create_sessionmaker
 from .events.bus import EventBus
 from .events.sequencer import Sequencer
+from .events.single_flight import SingleFlight
 from .events.snapshots import TaskSnapshots
 from .events.stats_hub import StatsHub
 from .events.tail import LogTail
@@ -33,12 +34,14 @@ class Services:
     stats_hub: StatsHub[Any] = field(init=False)
     tail: LogTail = field(init=False)
     snapshots: TaskSnapshots = field(init=False)
+    shared_results: SingleFlight[Any] = field(init=False)
     is_sqlite: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.tail = LogTail(self.sessionmaker)
         self.snapshots = TaskSnapshots(self.sessionmaker)
+        self.shared_results = SingleFlight(capacity=1024)
         self.sequencer = Sequencer(self.sessionmaker, on_sequenced=self.bus.publish_horizon)
 
         async def compute(project_id: int | None) -> Any:

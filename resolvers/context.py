@@ -16,6 +16,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Bas
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
 from ..errors import BadInput
+from ..events.single_flight import SingleFlight
 from ..services import Services
 from ..settings import Settings
 from .loaders import Loaders
@@ -37,6 +38,11 @@ class Context:
     @property
     def settings(self) -> Settings:
         return self.services.settings
+
+    @property
+    def shared_results(self) -> SingleFlight[Any]:
+        """Subscription results rendered once per event for all subscribers (schema/shared_results.py)."""
+        return self.services.shared_results
 
     def page_size(self, first: int | None, *, default: int = 50) -> int:
         """`first` checked against 0..MAX_PAGE_SIZE."""

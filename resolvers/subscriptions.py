@@ -20,6 +20,7 @@ from ..events.replay import EventFilter, follow_events
 from ..schema.agents import Agent, AgentPresenceEvent
 from ..schema.enums import AgentStatus, TaskStatus
 from ..schema.events import TaskEvent
+from ..schema.shared_results import share
 from ..schema.stats import DashboardStats
 from ..schema.tasks import Task
 from . import validate
@@ -87,7 +88,7 @@ class Subscription:
                 where=where,
                 max_lag=info.context.settings.max_subscriber_lag,
             ):
-                yield TaskEvent.from_row(row)
+                yield share(TaskEvent.from_row(row), ("taskEvents", row.seq))
 
     @strawberry.subscription(description="The task's state after each change that matches the filter.")
     async def task_changed(
@@ -111,7 +112,7 @@ class Subscription:
                     continue
                 if assignee_id is not None and row.assignee_id != assignee_id:
                     continue
-                yield Task.from_row(row)
+                yield share(Task.from_row(row), ("taskChanged", event.seq))
 
     @strawberry.subscription(
         description="First one event per matching agent with its current status, then every change."

@@ -26,6 +26,7 @@ from ..settings import Settings
 from .agents import AgentPresenceEvent
 from .enums import ErrorCode
 from .errors import ErrorMapper, error_code
+from .shared_results import SharingExecutionContext
 
 Query = merge_types("Query", (TaskQuery, ProjectQuery, AgentQuery, StatsQuery))
 Mutation = merge_types("Mutation", (ProjectMutation, TaskMutation, AgentMutation, LifecycleMutation))
@@ -57,6 +58,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         types=[ErrorCode, AgentPresenceEvent],
         extensions=extensions,
         config=StrawberryConfig(auto_camel_case=True),
+        execution_context_class=SharingExecutionContext,
     )
 
 
