@@ -53,7 +53,9 @@ async def follow_events(
     """Yield stamped events with seq > after (or from now when after is None), in order."""
     bus, tail = services.bus, services.tail
     with bus.listen() as listener:
-        start = await tail.refresh()
+        # Any refresh that began after we started listening gives a valid starting point:
+        # later events wake us. Subscribers arriving together share one query.
+        start = await tail.refresh(started_after=time.monotonic())
         cursor = start if after is None else after
         since: float | None = None
         while True:
