@@ -100,7 +100,12 @@ class EventBus:
         await self._disconnect()
 
     async def _connect(self) -> None:
-        broadcast = Broadcast(self.url)
+        if self.url.startswith(("redis://", "rediss://")):
+            from .redis_backend import RedisBackend
+
+            broadcast = Broadcast(backend=RedisBackend(self.url))
+        else:
+            broadcast = Broadcast(self.url)
         await broadcast.connect()
         self._broadcast = broadcast
         subscribed = asyncio.Event()
