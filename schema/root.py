@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
+    ParserCache,
     QueryDepthLimiter,
+    ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
@@ -30,6 +35,18 @@ from .shared_results import SharingExecutionContext
 
 Query = merge_types("Query", (TaskQuery, ProjectQuery, AgentQuery, StatsQuery))
 Mutation = merge_types("Mutation", (ProjectMutation, TaskMutation, AgentMutation, LifecycleMutation))
+DOCUMENT_CACHE_SIZE = 1024  # distinct operation texts whose parse and validation are kept
+
+
+class DocumentCache(ParserCache):
+    """strawberry's ParserCache, except that a document that does not parse is left to the
+    schema's own parsing, which reports the syntax error like any other bad request."""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        with contextlib.suppress(GraphQLError):
+            context.graphql_document = self.cached_parse_document(context.query, **context.parse_options)
+        yield
 
 
 class Schema(strawberry.Schema):
@@ -43,10 +60,19 @@ def build_schema(settings: Settings | None = None) -> Schema:
     from ..settings import load_settings
 
     settings = settings or load_settings()
+    # The depth and alias limits become validation rules built once: strawberry's limiter
+    # extensions build new rule classes for every request, so no two requests would share a
+    # cached validation. With fixed rules, a document seen before is neither parsed nor
+    # validated again (the caches are keyed by the query text and by the parsed document).
+    limits = [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+    ]
     extensions: list[Any] = [
-        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
+        lambda: AddValidationRules(limits),
+        lambda: DocumentCache(maxsize=DOCUMENT_CACHE_SIZE),
+        lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
         ErrorMapper,
     ]
     if not settings.introspection:

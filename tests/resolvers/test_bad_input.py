@@ -363,6 +363,31 @@ class TestQueryLimits:
         failure = await gql.error(query)
         assert failure.code == "QUERY_TOO_COMPLEX"
 
+    async def test_limits_hold_for_documents_seen_before(self, gql, world):
+        """Parses and validations are cached per document text: a repeat is refused again."""
+        too_deep = nested(MAX_DEPTH + 1)
+        aliases = "{ " + " ".join(f"a{i}: dashboardStats {{ generatedAt }}" for i in range(MAX_ALIASES + 1)) + " }"
+        for _ in range(3):
+            assert (await gql.error(too_deep)).code == "QUERY_TOO_COMPLEX"
+            assert (await gql.error(aliases)).code == "QUERY_TOO_COMPLEX"
+            assert (await gql.error("{ tasks { nodes { nope } } }")).code == "BAD_USER_INPUT"
+            assert (await gql.error("{ tasks { ")).code == "BAD_USER_INPUT"
+
+    async def test_a_repeated_document_is_validated_once(self, gql, world):
+        from strawberry.extensions.validation_cache import _get_validate_cache
+
+        from task_service.schema.root import DOCUMENT_CACHE_SIZE
+
+        cache = _get_validate_cache(DOCUMENT_CACHE_SIZE)
+        query = "{ tasks(first: 3) { totalCount nodes { id title } } }"
+        await gql.execute(query)
+        before = cache.cache_info()
+        for _ in range(5):
+            await gql.execute(query)
+        after = cache.cache_info()
+        assert after.hits - before.hits == 5
+        assert after.misses == before.misses
+
     async def test_too_complex_queries_change_nothing(self, gql, world):
         mutation = (
             "mutation { "
