@@ -14,14 +14,23 @@ events it is ended with an error carrying its cursor, and resumes with `after`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError
 
 from ..db.events import list_events
 from ..db.models import TaskEvent
 from ..errors import DomainError, ErrorCode
 from ..services import Services
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PAGE = 500
 SAFETY_POLL_SECONDS = 5.0
@@ -47,6 +56,19 @@ class EventFilter:
         )
 
 
+async def until_answered(read: Callable[[], Awaitable[T]]) -> T:
+    """Run a read of the log, retrying with backoff while the database is unreachable (a
+    restart): the cursor has not moved, so the subscriber resumes where it was."""
+    delay = 0.5
+    while True:
+        try:
+            return await read()
+        except (DBAPIError, OSError) as exc:
+            log.warning("subscription: the database is unreachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def follow_events(
     services: Services, *, after: int | None, where: EventFilter, max_lag: int = DEFAULT_MAX_LAG
 ) -> AsyncIterator[TaskEvent]:
@@ -55,7 +77,7 @@ async def follow_events(
     with bus.listen() as listener:
         # Any refresh that began after we started listening gives a valid starting point:
         # later events wake us. Subscribers arriving together share one query.
-        start = await tail.refresh(started_after=time.monotonic())
+        start = await until_answered(partial(tail.refresh, started_after=time.monotonic()))
         cursor = start if after is None else after
         since: float | None = None
         while True:
@@ -64,9 +86,9 @@ async def follow_events(
             # timeout or a bus reconnect (signals may have been lost) a refresh must have
             # started since `since`; again one query serves them all.
             if since is not None:
-                horizon = await tail.refresh(started_after=since)
+                horizon = await until_answered(partial(tail.refresh, started_after=since))
             else:
-                horizon = await tail.refresh(want=listener.horizon)
+                horizon = await until_answered(partial(tail.refresh, want=listener.horizon))
             bus.note_horizon(horizon)
             while cursor < horizon:
                 # Lag counts only events committed since this subscription began: replaying
@@ -82,16 +104,7 @@ async def follow_events(
                     rows, next_cursor = tail.read(cursor, where.matches, PAGE, upto=horizon)
                 else:
                     # Behind the window (a replay or a slow client): read the log itself.
-                    async with services.read() as session:
-                        rows = await list_events(
-                            session,
-                            after=cursor,
-                            upto=horizon,
-                            project_id=where.project_id,
-                            task_id=where.task_id,
-                            agent_id=where.agent_id,
-                            limit=PAGE,
-                        )
+                    rows = await until_answered(partial(_read_log, services, where, cursor, horizon))
                     next_cursor = horizon if len(rows) < PAGE else (rows[-1].seq or cursor)
                 for row in rows:
                     yield row
@@ -105,3 +118,16 @@ async def follow_events(
             if listener.resync:
                 listener.resync = False
                 since = bus.resynced_at
+
+
+async def _read_log(services: Services, where: EventFilter, cursor: int, horizon: int) -> list[TaskEvent]:
+    async with services.read() as session:
+        return await list_events(
+            session,
+            after=cursor,
+            upto=horizon,
+            project_id=where.project_id,
+            task_id=where.task_id,
+            agent_id=where.agent_id,
+            limit=PAGE,
+        )

@@ -52,10 +52,11 @@ class LogTail:
                 or (started_after is not None and self._last_started >= started_after)
             ):
                 return self.end
-            self._last_started = time.monotonic()
+            began = time.monotonic()
             async with self._sessionmaker() as session:
                 if self.end < 0:
                     self.start = self.end = await max_seq(session)
+                    self._last_started = began
                     return self.end
                 while True:
                     rows = list(
@@ -77,6 +78,8 @@ class LogTail:
                         self.end = rows[-1].seq or self.end
                     if len(rows) < REFRESH_LIMIT:
                         break
+            # Only a refresh that answered counts for callers waiting on `started_after`.
+            self._last_started = began
             overflow = len(self._rows) - self._capacity
             if overflow > 0:
                 self.start = self._seqs[overflow - 1]

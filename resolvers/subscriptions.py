@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -16,7 +17,7 @@ import strawberry
 from ..db import agents as db_agents
 from ..db.base import utcnow
 from ..errors import DomainError, ErrorCode, NotFound
-from ..events.replay import EventFilter, follow_events
+from ..events.replay import EventFilter, follow_events, until_answered
 from ..schema.agents import Agent, AgentPresenceEvent
 from ..schema.enums import AgentStatus, TaskStatus
 from ..schema.events import TaskEvent
@@ -105,7 +106,8 @@ class Subscription:
             async for event in follow_events(
                 info.context.services, after=None, where=where, max_lag=info.context.settings.max_subscriber_lag
             ):
-                row = await info.context.services.snapshots.after(event.seq or 0, event.task_id)
+                snapshots = info.context.services.snapshots
+                row = await until_answered(partial(snapshots.after, event.seq or 0, event.task_id))
                 if row is None:
                     continue
                 if wanted is not None and row.status not in wanted:
