@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from ..errors import (
     Conflict,
@@ -78,9 +79,13 @@ async def claim_next(
 ) -> Task | None:
     """Claim the best ready task `agent` may take, or None. `agent` must be locked.
 
-    One statement picks and locks the candidate with FOR UPDATE SKIP LOCKED (concurrent
-    claimers pass over each other's rows); only claimable rows are in the partial index,
-    per skill set, so the cost does not grow with blocked or non-matching tasks.
+    Only claimable rows are in the partial index, per skill set, in claim order. For each
+    skill set the agent satisfies, one ordered index scan stops at its first unlocked row
+    (FOR UPDATE SKIP LOCKED: concurrent claimers pass over each other's rows); the best
+    of those few wins. So the cost does not grow with blocked or non-matching tasks, nor
+    with the number of ready ones: a single `skill_set_id IN (...)` scan would have to
+    read and sort every ready task of those sets. The other sets' candidates stay locked
+    until this short transaction ends.
     """
     from .tasks import _has_tag
 
@@ -89,18 +94,37 @@ async def claim_next(
     if not skill_sets:
         return None
     now = utcnow()
-    candidate = (
-        select(Task)
-        .where(*ready_conditions(now), Task.skill_set_id.in_(skill_sets))
-        .where(exists().where(Project.id == Task.project_id, Project.status == "ACTIVE", Project.deleted_at.is_(None)))
-    )
+    filters: list[Any] = [
+        *ready_conditions(now),
+        exists().where(Project.id == Task.project_id, Project.status == "ACTIVE", Project.deleted_at.is_(None)),
+    ]
     if project_id is not None:
-        candidate = candidate.where(Task.project_id == project_id)
+        filters.append(Task.project_id == project_id)
     if tags:
         from sqlalchemy import or_
 
-        candidate = candidate.where(or_(*(_has_tag(tag) for tag in tags)))
-    task = await session.scalar(candidate.order_by(*claim_order()).limit(1).with_for_update(skip_locked=True, of=Task))
+        filters.append(or_(*(_has_tag(tag) for tag in tags)))
+
+    def best_of(set_id: int) -> Any:
+        return (
+            select(Task)
+            .where(*filters, Task.skill_set_id == set_id)
+            .order_by(*claim_order())
+            .limit(1)
+            .with_for_update(skip_locked=True, of=Task)
+        )
+
+    if len(skill_sets) == 1:
+        query = best_of(skill_sets[0])
+    else:
+        candidates = union_all(*(select(best_of(set_id).subquery()) for set_id in skill_sets)).subquery()
+        best = aliased(Task, candidates)
+        query = (
+            select(best)
+            .order_by(best.priority.desc(), best.due_at.asc().nulls_last(), best.created_at, best.id)
+            .limit(1)
+        )
+    task = await session.scalar(query)
     if task is None:
         return None
     _assign(task, agent, now, policy)

@@ -1,0 +1,85 @@
+"""claimNextTask's statement reads a bounded number of rows, however many tasks are ready,
+blocked or meant for other skills: checked on PostgreSQL's own EXPLAIN ANALYZE."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import event
+
+from tests import factories as f
+
+CLAIM_MARKER = "FOR UPDATE OF tasks SKIP LOCKED"
+
+
+async def create_many(gql: Any, project_id: str, count: int, **item: Any) -> None:
+    for start in range(0, count, 500):
+        batch = [{"title": f"t{start + i}", "taskType": "code", **item} for i in range(min(500, count - start))]
+        await gql.execute(
+            "mutation($p: ID!, $t: [CreateTaskInput!]!) { createTasks(projectId: $p, tasks: $t) { id } }",
+            p=project_id,
+            t=batch,
+        )
+
+
+@contextlib.contextmanager
+def captured_claims(services: Any):
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if CLAIM_MARKER in statement:
+            seen.append((statement, parameters))
+
+    engine = services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+
+
+def largest_row_count(plan: dict[str, Any]) -> tuple[int, str]:
+    """The most rows any node of the plan produced (over all its loops), and that node."""
+    rows = int(plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1))
+    removed = int(plan.get("Rows Removed by Filter", 0) * plan.get("Actual Loops", 1))
+    best = (rows + removed, plan["Node Type"])
+    for child in plan.get("Plans", []):
+        best = max(best, largest_row_count(child))
+    return best
+
+
+@pytest.mark.postgres_only
+class TestClaimPlan:
+    async def test_claim_reads_a_bounded_number_of_rows(self, pg_gql, pg_services, pg_url):
+        gql = pg_gql
+        pid = await f.project(gql)
+        await create_many(gql, pid, 1500)  # no skills required
+        await create_many(gql, pid, 1500, requiredSkills=["python"])
+        await create_many(gql, pid, 1500, requiredSkills=["rust"])  # not for this agent
+        first = await f.task(gql, project_id=pid, title="blocker")
+        for _ in range(3):
+            await f.task(gql, project_id=pid, dependsOn=[first["id"]], priority=10)  # blocked
+        await f.agent(gql, name="py", skills=["python"])
+        with captured_claims(pg_services) as claims:
+            data = await gql.execute('mutation { claimNextTask(agent: "py") { id requiredSkills } }')
+        assert data["claimNextTask"] is not None
+        assert len(claims) == 1
+        statement, parameters = claims[0]
+        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:  # EXPLAIN ANALYZE runs the statement: take its locks, then roll back
+                raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", *parameters)
+            finally:
+                await transaction.rollback()
+        finally:
+            await conn.close()
+        plan = json.loads(raw)[0]["Plan"]
+        rows, node = largest_row_count(plan)
+        # One scan over every ready task of the agent's skill sets would read 3,000 rows.
+        assert rows <= 20, f"the claim's {node} read {rows} rows:\n{json.dumps(plan, indent=1)[:3000]}"
