@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select, union_all, update
+from sqlalchemy import and_, exists, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -25,7 +25,7 @@ from .dependencies import unblock_dependents
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, TERMINAL_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
 from .models import Agent, Project, SkillSet, Task
-from .tasks import claim_order, ready_conditions, require_task
+from .tasks import claim_order, require_task
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,11 @@ async def claim_next(
     Only claimable rows are in the partial index, per skill set, in claim order. For each
     skill set the agent satisfies, one ordered index scan stops at its first unlocked row
     (FOR UPDATE SKIP LOCKED: concurrent claimers pass over each other's rows); the best
-    of those few wins. So the cost does not grow with blocked or non-matching tasks, nor
-    with the number of ready ones: a single `skill_set_id IN (...)` scan would have to
-    read and sort every ready task of those sets. The other sets' candidates stay locked
-    until this short transaction ends.
+    of those few wins; scheduled tasks come from their own index, read only up to now. So
+    the cost does not grow with blocked, scheduled or non-matching tasks, nor with the
+    number of ready ones: a single `skill_set_id IN (...)` scan would read and sort every
+    ready task of those sets. The other candidates stay locked until this short
+    transaction ends.
     """
     from .tasks import _has_tag
 
@@ -95,7 +96,9 @@ async def claim_next(
         return None
     now = utcnow()
     filters: list[Any] = [
-        *ready_conditions(now),
+        Task.status == TaskStatus.PENDING.value,
+        Task.unmet_dependencies == 0,
+        Task.deleted_at.is_(None),
         exists().where(Project.id == Task.project_id, Project.status == "ACTIVE", Project.deleted_at.is_(None)),
     ]
     if project_id is not None:
@@ -104,26 +107,25 @@ async def claim_next(
         from sqlalchemy import or_
 
         filters.append(or_(*(_has_tag(tag) for tag in tags)))
+    # Per skill set: the best task without availableAt (ix_tasks_claim_order, read in order)
+    # and the best scheduled one already due (ix_tasks_claim_scheduled, read up to now).
+    timing = (Task.available_at.is_(None), and_(Task.available_at.is_not(None), Task.available_at <= now))
 
-    def best_of(set_id: int) -> Any:
+    def best_of(set_id: int, when: Any) -> Any:
         return (
             select(Task)
-            .where(*filters, Task.skill_set_id == set_id)
+            .where(*filters, when, Task.skill_set_id == set_id)
             .order_by(*claim_order())
             .limit(1)
             .with_for_update(skip_locked=True, of=Task)
         )
 
-    if len(skill_sets) == 1:
-        query = best_of(skill_sets[0])
-    else:
-        candidates = union_all(*(select(best_of(set_id).subquery()) for set_id in skill_sets)).subquery()
-        best = aliased(Task, candidates)
-        query = (
-            select(best)
-            .order_by(best.priority.desc(), best.due_at.asc().nulls_last(), best.created_at, best.id)
-            .limit(1)
-        )
+    branches = [select(best_of(set_id, when).subquery()) for set_id in skill_sets for when in timing]
+    candidates = union_all(*branches).subquery()
+    best = aliased(Task, candidates)
+    query = (
+        select(best).order_by(best.priority.desc(), best.due_at.asc().nulls_last(), best.created_at, best.id).limit(1)
+    )
     task = await session.scalar(query)
     if task is None:
         return None

@@ -79,6 +79,11 @@ class SkillSet(Base):
     skills: Mapped[list[str]] = mapped_column(JSONType, default=list)
 
 
+READY = "status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"
+CLAIMABLE_NOW = f"{READY} AND available_at IS NULL"
+CLAIMABLE_LATER = f"{READY} AND available_at IS NOT NULL"
+
+
 class Task(Base):
     __tablename__ = "tasks"
 
@@ -138,8 +143,17 @@ class Task(Base):
             "due_at",
             "created_at",
             "id",
-            postgresql_where=text("status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"),
-            sqlite_where=text("status = 'PENDING' AND unmet_dependencies = 0 AND deleted_at IS NULL"),
+            postgresql_where=text(CLAIMABLE_NOW),
+            sqlite_where=text(CLAIMABLE_NOW),
+        ),
+        # ...and the scheduled ones (availableAt, retry backoff) by time, so that a claim reads
+        # only those already due, never the many that are not yet.
+        Index(
+            "ix_tasks_claim_scheduled",
+            "skill_set_id",
+            "available_at",
+            postgresql_where=text(CLAIMABLE_LATER),
+            sqlite_where=text(CLAIMABLE_LATER),
         ),
         # The reaper's scans: expiring leases and running tasks that may time out.
         Index(

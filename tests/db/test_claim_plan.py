@@ -1,10 +1,11 @@
 """claimNextTask's statement reads a bounded number of rows, however many tasks are ready,
-blocked or meant for other skills: checked on PostgreSQL's own EXPLAIN ANALYZE."""
+blocked, scheduled or meant for other skills: checked on PostgreSQL's own EXPLAIN ANALYZE."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -60,6 +61,11 @@ class TestClaimPlan:
         await create_many(gql, pid, 1500)  # no skills required
         await create_many(gql, pid, 1500, requiredSkills=["python"])
         await create_many(gql, pid, 1500, requiredSkills=["rust"])  # not for this agent
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        await create_many(gql, pid, 1500, priority=10, availableAt=later)  # scheduled, not yet due
+        await create_many(gql, pid, 1500, priority=10, requiredSkills=["python"], availableAt=later)
+        due = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        await create_many(gql, pid, 2, priority=9, availableAt=due)  # scheduled and due: claimed first
         first = await f.task(gql, project_id=pid, title="blocker")
         for _ in range(3):
             await f.task(gql, project_id=pid, dependsOn=[first["id"]], priority=10)  # blocked
@@ -67,6 +73,10 @@ class TestClaimPlan:
         with captured_claims(pg_services) as claims:
             data = await gql.execute('mutation { claimNextTask(agent: "py") { id requiredSkills } }')
         assert data["claimNextTask"] is not None
+        query = "query($id: ID!) { task(id: $id) { priority availableAt } }"
+        claimed = await gql.execute(query, id=data["claimNextTask"]["id"])
+        assert claimed["task"]["priority"] == 9
+        assert claimed["task"]["availableAt"] is not None
         assert len(claims) == 1
         statement, parameters = claims[0]
         conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
@@ -81,5 +91,6 @@ class TestClaimPlan:
             await conn.close()
         plan = json.loads(raw)[0]["Plan"]
         rows, node = largest_row_count(plan)
-        # One scan over every ready task of the agent's skill sets would read 3,000 rows.
+        # One scan over every ready task of the agent's skill sets would read 3,000 rows, and
+        # skipping the scheduled ones in claim order another 3,000.
         assert rows <= 20, f"the claim's {node} read {rows} rows:\n{json.dumps(plan, indent=1)[:3000]}"
