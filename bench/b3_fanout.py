@@ -529,11 +529,11 @@ def git_state() -> dict[str, Any]:
         done = subprocess.run(
             ["git", "--no-optional-locks", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
         )
-        return done.stdout.strip()
+        return done.stdout  # not stripped: porcelain lines start with a meaningful blank
 
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        dirty = [line[3:] for line in git("status", "--porcelain").splitlines()]
-        return {"commit": git("rev-parse", "HEAD"), "uncommitted": dirty}
+        dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
+        return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted": dirty}
     return {"commit": None, "uncommitted": []}
 
 
