@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -941,9 +942,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    report = asyncio.run(run(args))
+def finish(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    verdict: Callable[[dict[str, Any]], dict[str, bool]],
+    summary: Callable[[dict[str, Any]], str],
+) -> int:
+    """Judge the report against its targets, print it (and write --json); the exit code."""
     report["targets"] = verdict(report)
     report["pass"] = all(report["targets"].values())
     print(summary(report))
@@ -952,6 +957,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(line + "\n", encoding="utf-8")
     return 1 if args.check and not report["pass"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return finish(args, asyncio.run(run(args)), verdict, summary)
 
 
 if __name__ == "__main__":

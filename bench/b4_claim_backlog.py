@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -48,6 +47,7 @@ from b3_fanout import (
     ServerMonitor,
     create_pg_database,
     drop_pg_database,
+    finish,
     git_state,
     graphql,
     launch_server,
@@ -580,15 +580,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args))
-    report["targets"] = verdict(report)
-    report["pass"] = all(report["targets"].values())
-    print(summary(report))
-    line = json.dumps(report, sort_keys=True, default=str)
-    print(line)
-    if args.json is not None:
-        args.json.write_text(line + "\n", encoding="utf-8")
-    return 1 if args.check and not report["pass"] else 0
+    return finish(args, asyncio.run(run(args)), verdict, summary)
 
 
 if __name__ == "__main__":

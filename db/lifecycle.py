@@ -24,7 +24,7 @@ from .dependencies import unblock_dependents
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, TERMINAL_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
 from .models import Agent, Project, SkillSet, Task
-from .tasks import claim_order, require_task
+from .tasks import claim_order, has_any_tag, require_task, unblocked_pending
 
 
 @dataclass(frozen=True)
@@ -87,25 +87,19 @@ async def claim_next(
     ready task of those sets. The other candidates stay locked until this short
     transaction ends.
     """
-    from .tasks import _has_tag
-
     await _check_limit(session, agent)
     skill_sets = await matching_skill_sets(session, agent)
     if not skill_sets:
         return None
     now = utcnow()
     filters: list[Any] = [
-        Task.status == TaskStatus.PENDING.value,
-        Task.unmet_dependencies == 0,
-        Task.deleted_at.is_(None),
+        *unblocked_pending(),
         exists().where(Project.id == Task.project_id, Project.status == "ACTIVE", Project.deleted_at.is_(None)),
     ]
     if project_id is not None:
         filters.append(Task.project_id == project_id)
     if tags:
-        from sqlalchemy import or_
-
-        filters.append(or_(*(_has_tag(tag) for tag in tags)))
+        filters.append(has_any_tag(tags))
     # Per skill set: the best task without availableAt (ix_tasks_claim_order, read in order)
     # and the best scheduled one already due (ix_tasks_claim_scheduled, read up to now).
     timing = (Task.available_at.is_(None), and_(Task.available_at.is_not(None), Task.available_at <= now))

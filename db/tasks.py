@@ -223,7 +223,7 @@ def _filtered(q: TaskQuery) -> Select[tuple[Task]]:
             )
         )
     if q.tags:
-        query = query.where(or_(*(_has_tag(tag) for tag in q.tags)))
+        query = query.where(has_any_tag(q.tags))
     if q.ready_only:
         query = query.where(*ready_conditions(utcnow()))
     elif not q.include_deleted:
@@ -268,17 +268,21 @@ def _has_tag(tag: str) -> Any:
     return _JsonArrayHas(Task.tags, literal(tag, String()))
 
 
+def has_any_tag(tags: Sequence[str]) -> Any:
+    return or_(*(_has_tag(tag) for tag in tags))
+
+
 def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def unblocked_pending() -> list[Any]:
+    """PENDING, live, every dependency done: ready, or ready once its availableAt comes."""
+    return [Task.status == TaskStatus.PENDING.value, Task.unmet_dependencies == 0, Task.deleted_at.is_(None)]
+
+
 def ready_conditions(now: datetime) -> list[Any]:
-    return [
-        Task.status == TaskStatus.PENDING.value,
-        Task.unmet_dependencies == 0,
-        Task.deleted_at.is_(None),
-        or_(Task.available_at.is_(None), Task.available_at <= now),
-    ]
+    return [*unblocked_pending(), or_(Task.available_at.is_(None), Task.available_at <= now)]
 
 
 async def list_tasks(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ..db.events import list_events
 from ..db.models import TaskEvent
@@ -56,6 +56,21 @@ class EventFilter:
         )
 
 
+def unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached right now (refused, closed, shutting down, busy
+    connection): worth retrying. Other errors (bad SQL, bad data) are not."""
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return (
+        exc.connection_invalidated
+        or isinstance(exc, InterfaceError | OperationalError)
+        or sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention
+    )
+
+
 async def until_answered(read: Callable[[], Awaitable[T]]) -> T:
     """Run a read of the log, retrying with backoff while the database is unreachable (a
     restart): the cursor has not moved, so the subscriber resumes where it was."""
@@ -64,6 +79,8 @@ async def until_answered(read: Callable[[], Awaitable[T]]) -> T:
         try:
             return await read()
         except (DBAPIError, OSError) as exc:
+            if not unreachable(exc):
+                raise  # a real failure of the read, not an outage: the subscriber sees INTERNAL
             log.warning("subscription: the database is unreachable (%s); retrying in %.1fs", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -40,6 +40,7 @@ from tests.events.helpers import (
     all_events,
     another_process,
     assert_exact_log,
+    caught_up,
     register_agents,
     wait_settled,
     wait_until,
@@ -283,14 +284,9 @@ async def test_postgres_restart_is_survived_and_nothing_is_lost(
                 work_one_task(gql, project_id=pid, agent=agents[1]),
                 work_one_task(reader_gql, project_id=pid, agent=agents[2]),
             )
-            expected = await all_events(gql)
+            await got.wait_for_count(len(await all_events(gql)), within=15)  # raises if the subscription failed
+            expected = await caught_up(gql, got)
             assert await all_events(reader_gql) == expected
-            await got.wait_for_count(len(expected), within=15)  # raises if the subscription failed
-            await wait_until(
-                lambda: int(got.values[-1]["id"]) >= int(expected[-1]["id"]),
-                within=15,
-                what="the subscriber to catch up",
-            )
             await wait_settled(reader)
         print(
             f"\npostgres restart: server down {starting - stopping:.2f}s (fast stop {stopped - stopping:.2f}s); "

@@ -148,6 +148,35 @@ async def writers(gql: Any, *, project_id: str, agents: list[str], rounds: int) 
     await asyncio.gather(*(writer(a) for a in agents))
 
 
+@contextlib.asynccontextmanager
+async def writing(gql: Any, *, project_id: str, agents: list[str]) -> AsyncIterator[None]:
+    """While the block runs, each agent works tasks through their lifecycle, one after another;
+    on leaving, the writers finish the task in hand and stop."""
+    stop = asyncio.Event()
+
+    async def keep_writing(agent: str) -> None:
+        while not stop.is_set():
+            await work_one_task(gql, project_id=project_id, agent=agent)
+
+    writers_done = asyncio.gather(*(keep_writing(a) for a in agents))
+    try:
+        yield
+    finally:
+        stop.set()
+        await writers_done
+
+
+async def caught_up(gql: Any, got: Collector, within: float = 15) -> list[dict[str, Any]]:
+    """The whole log, once `got` has received its last event (or fail after `within` s)."""
+    expected = await all_events(gql)
+    await wait_until(
+        lambda: bool(got.values) and int(got.values[-1]["id"]) >= int(expected[-1]["id"]),
+        within=within,
+        what="the subscriber to catch up",
+    )
+    return expected
+
+
 async def register_agents(gql: Any, count: int, prefix: str = "w") -> list[str]:
     names = [f"{prefix}{i}" for i in range(count)]
     for name in names:

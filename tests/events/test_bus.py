@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from sqlalchemy import text
 
@@ -12,12 +10,12 @@ from tests.events.helpers import (
     TASK_EVENTS,
     Collector,
     Sub,
-    all_events,
     another_process,
     assert_exact_log,
+    caught_up,
     register_agents,
     wait_until,
-    work_one_task,
+    writing,
 )
 
 
@@ -29,17 +27,10 @@ class TestListenerLoss:
     ):
         pid = await f.project(pg_gql)
         agents = await register_agents(pg_gql, 10)
-        stop = asyncio.Event()
-
-        async def keep_writing(agent: str) -> None:
-            while not stop.is_set():
-                await work_one_task(pg_gql, project_id=pid, agent=agent)
-
         async with another_process(pg_url) as other:
             killed = pg_services if victim == "writer" else other
             async with Sub(schema, other, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
-                writing = asyncio.gather(*(keep_writing(a) for a in agents))
-                try:
+                async with writing(pg_gql, project_id=pid, agents=agents):
                     await got.wait_for_count(30)
                     backend_pid = killed.bus._broadcast._backend._conn.get_server_pid()
                     async with pg_services.read() as session:
@@ -51,13 +42,5 @@ class TestListenerLoss:
                     assert await killed.bus._ping(), "signals must flow through the new connection"
                     written = len(got.values)
                     await got.wait_for_count(written + 30)
-                finally:
-                    stop.set()
-                    await writing
-                expected = await all_events(pg_gql)
-                await wait_until(
-                    lambda: bool(got.values) and int(got.values[-1]["id"]) >= int(expected[-1]["id"]),
-                    within=15,
-                    what="the subscriber to catch up",
-                )
+                expected = await caught_up(pg_gql, got)
         assert_exact_log(got.values, expected)

@@ -23,9 +23,11 @@ from tests.events.helpers import (
     all_events,
     another_process,
     assert_exact_log,
+    caught_up,
     register_agents,
     wait_until,
     work_one_task,
+    writing,
 )
 
 
@@ -113,15 +115,8 @@ class TestRedisBus:
             gql = Client(schema, writer)
             pid = await f.project(gql)
             agents = await register_agents(gql, 5)
-            stop = asyncio.Event()
-
-            async def keep_writing(agent: str) -> None:
-                while not stop.is_set():
-                    await work_one_task(gql, project_id=pid, agent=agent)
-
             async with Sub(schema, reader, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
-                writing = asyncio.gather(*(keep_writing(a) for a in agents))
-                try:
+                async with writing(gql, project_id=pid, agents=agents):
                     await got.wait_for_count(20)
                     redis_server.kill()
                     killed_at = time.monotonic()
@@ -136,14 +131,6 @@ class TestRedisBus:
                     assert await reader.bus._ping(), "signals must flow through the new connection"
                     seen = len(got.values)
                     await got.wait_for_count(seen + 20)
-                finally:
-                    stop.set()
-                    await writing
-                expected = await all_events(gql)
-                await wait_until(
-                    lambda: bool(got.values) and int(got.values[-1]["id"]) >= int(expected[-1]["id"]),
-                    within=15,
-                    what="the subscriber to catch up",
-                )
+                expected = await caught_up(gql, got)
             print(f"\nredis restart: buses back {reconnected:.2f}s after the kill; {len(expected)} events delivered")
         assert_exact_log(got.values, expected)

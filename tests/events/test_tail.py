@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import ProgrammingError
 
 from task_service.db.models import TaskEvent
+from task_service.events import replay
 from task_service.events.tail import LogTail
 from tests import factories as f
 from tests.events.helpers import TASK_EVENTS, Collector, Sub, all_events, assert_exact_log, wait_settled
@@ -110,3 +113,28 @@ class TestLogTailUnit:
         assert tail.covers(4)
         assert tail.covers(10)
         assert not tail.covers(11)
+
+
+class TestOutageRetries:
+    async def test_an_unreachable_database_is_retried_until_it_answers(self):
+        calls = []
+
+        async def read() -> str:
+            calls.append(1)
+            if len(calls) < 3:
+                raise ConnectionRefusedError(111, "Connect call failed")
+            return "rows"
+
+        assert await replay.until_answered(read) == "rows"
+        assert len(calls) == 3
+
+    async def test_a_failing_statement_is_not_retried(self):
+        calls = []
+
+        async def read() -> None:
+            calls.append(1)
+            raise ProgrammingError("SELECT nope", {}, Exception("column nope does not exist"))
+
+        with pytest.raises(ProgrammingError):
+            await replay.until_answered(read)
+        assert len(calls) == 1
