@@ -15,13 +15,14 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from . import __version__
 from .db.migrate import upgrade_to_head
 from .errors import DomainError, ErrorCode
 from .reaper import Reaper
-from .resolvers.context import GraphQLApp
+from .resolvers.context import WEB_DIR, GraphQLApp
 from .resolvers.stats import dashboard_stats_json
 from .schema.root import build_schema
 from .services import Services
@@ -108,6 +109,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/dashboard/stats", stats),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
+        # After /dashboard/stats: the mount takes every other path under /dashboard/.
+        Mount("/dashboard", app=StaticFiles(directory=WEB_DIR, html=True), name="dashboard"),
     ]
     middleware = []
     if settings.cors_origins:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import HTMLResponse
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.schema import BaseSchema
@@ -20,6 +23,14 @@ from ..events.single_flight import SingleFlight
 from ..services import Services
 from ..settings import Settings
 from .loaders import Loaders
+
+# The static dashboard and GraphiQL's page, with their vendored libraries (web/vendor/).
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+@cache
+def _graphiql_page() -> str:
+    return (WEB_DIR / "graphiql.html").read_text(encoding="utf-8")
 
 
 @dataclass
@@ -105,6 +116,11 @@ class GraphQLApp(GraphQL[Context, None]):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         )
         self.services: Services | None = None
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        """Our GraphiQL page (web/graphiql.html): it loads only the service's own files, where
+        Strawberry's page loads its scripts from a CDN and stays blank offline."""
+        return HTMLResponse(_graphiql_page())
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         assert self.services is not None, "the app's lifespan has not started"
