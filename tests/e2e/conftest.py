@@ -98,6 +98,7 @@ async def start_server(database_url: str, workdir: Path, *, port: int | None = N
         "--port",
         str(port),
         "--no-access-log",
+        "--no-proxy-headers",
         cwd=workdir,
         env=server_env(database_url, port, env),
         stdout=log_file,
