@@ -9,7 +9,7 @@ const { React, ReactDOM, GraphiQL } = window;
 const EXAMPLE = `# Task Service. Ctrl-Enter runs, Ctrl-Space completes;
 # the book icon opens the docs. Subscriptions stream over WebSocket.
 
-query Overview {
+{
   dashboardStats {
     tasks { total pending ready running reviewing completed }
     agents { online busy offline }

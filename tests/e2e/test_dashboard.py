@@ -24,7 +24,15 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from tests.e2e.conftest import GraphQLClient, Server, graphql_client, running_server
+from tests.e2e.conftest import (
+    GraphQLClient,
+    Server,
+    free_port,
+    fresh_pg_database,
+    graphql_client,
+    running_server,
+    start_server,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -542,6 +550,258 @@ class TestLiveBoard:
             assert [e["type"] for e in reviews] == ["REJECTED", "APPROVED"]
             assert {e["actor"] for e in reviews} == {"dashboard"}
             watch.assert_clean()
+
+
+class TestPresence:
+    async def test_an_agent_that_stops_heartbeating_turns_offline_on_the_page(
+        self, browser: Browser, tmp_path: Path
+    ) -> None:
+        async with (
+            fresh_pg_database("ts_dash_presence") as url,
+            running_server(url, tmp_path, HEARTBEAT_TIMEOUT_SECONDS="3", REAPER_INTERVAL_SECONDS="0.5") as server,
+            graphql_client(server.url) as gql,
+            watched_page(browser) as (page, watch),
+        ):
+            await register(gql, "steady", ["research"])
+            project = await create_project(gql, "Presence")
+            task = await create_task(gql, project, "Held by a fading agent", requiredSkills=["research"])
+
+            async def keep_steady_alive() -> None:
+                while True:
+                    await gql.execute('mutation { heartbeat(agent: "steady") { name } }')
+                    await asyncio.sleep(0.5)
+
+            heartbeats = asyncio.create_task(keep_steady_alive())
+            try:
+                await open_dashboard(page, server)
+                await record_agent_statuses(page)
+                await register(gql, "fading", ["research"])
+                await step(gql, CLAIM, id=task["id"], a="fading")
+                silent_since = time.monotonic()
+                await until(
+                    page,
+                    "() => document.querySelector('#agents .agent[data-name=fading]')?.dataset.status === 'OFFLINE'",
+                    what="fading OFFLINE on the page",
+                    within=DEADLINE + 3,
+                )
+                record("offline_shown_after_last_call_seconds", round(time.monotonic() - silent_since, 3))
+                seen = await page.evaluate("window.agentStatuses.filter(([name]) => name === 'fading')")
+                statuses = [status for _, status in seen]
+                assert statuses[-1] == "OFFLINE"
+                assert {"ONLINE", "BUSY"} & set(statuses[:-1]), f"the page never showed fading alive: {statuses}"
+                # Its lease expired with it: the task is back in the queue, on the API and the board.
+                await until_api_task(gql, task["id"], lambda t: t["status"] == "PENDING")
+                await card_in(page, task["id"], "PENDING")
+                assert await page.get_attribute("#agents .agent[data-name=steady]", "data-status") == "ONLINE"
+                age = await page.text_content("#agents .agent[data-name=fading] .heartbeat-age")
+                assert age is not None
+                assert age.endswith("s")
+                assert int(age[:-1]) >= 3, age
+                watch.assert_clean()
+            finally:
+                heartbeats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeats
+
+
+async def record_agent_statuses(page: Page) -> None:
+    """From now on, window.agentStatuses lists every [agent, status] the panel shows, in order."""
+    await page.evaluate(
+        """() => {
+          window.agentStatuses = [];
+          const note = el =>
+            el.dataset?.name && window.agentStatuses.push([el.dataset.name, el.dataset.status]);
+          new MutationObserver(changes => changes.forEach(change => {
+            if (change.type === 'attributes') note(change.target);
+            else change.addedNodes.forEach(note);
+          })).observe(document.getElementById('agents'),
+                      { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
+        }"""
+    )
+
+
+class TestReconnect:
+    async def test_after_a_server_restart_the_page_catches_up_with_what_changed_meanwhile(
+        self, browser: Browser, tmp_path: Path
+    ) -> None:
+        async with fresh_pg_database("ts_dash_restart") as url, watched_page(browser) as (page, watch):
+            port = free_port()
+            first = await start_server(url, tmp_path, port=port)
+            try:
+                async with graphql_client(first.url) as gql:
+                    project = await create_project(gql, "Restarts")
+                    kept = await create_task(gql, project, "Survives the restart")
+                    doomed = await create_task(gql, project, "Cancelled while away")
+                await open_dashboard(page, first)
+                await card_in(page, doomed["id"], "PENDING")
+                await page.evaluate(
+                    """() => {
+                      window.sameDocument = true;
+                      window.connectionStates = [];
+                      const el = document.getElementById('connection');
+                      new MutationObserver(() => window.connectionStates.push(el.dataset.state))
+                        .observe(el, { attributes: true, attributeFilter: ['data-state'] });
+                    }"""
+                )
+            finally:
+                await first.stop()
+            await connection_is(page, "reconnecting", "offline")
+
+            # Changes the page cannot see: made through another server on another port.
+            async with running_server(url, tmp_path) as other, graphql_client(other.url) as gql:
+                await step(gql, CANCEL, id=doomed["id"])
+                added = await create_task(gql, project, "Created while away")
+                await register(gql, "newcomer", ["research"])
+
+            second = await start_server(url, tmp_path, port=port)
+            try:
+                back = await connection_is(page, "live", within=30)
+                record("live_again_after_restart_seconds", round(back, 3))
+                await card_in(page, doomed["id"], "CANCELLED")
+                await card_in(page, added["id"], "PENDING")
+                await card_in(page, kept["id"], "PENDING")
+                await until(page, "() => document.querySelector('#agents .agent[data-name=newcomer]')", what="newcomer")
+                assert await page.evaluate("window.sameDocument") is True, "the page reloaded"
+                states = await page.evaluate("window.connectionStates")
+                assert states[0] in ("reconnecting", "offline"), states
+                assert states[-1] == "live", states
+                feed = await page.locator("#feed .event").evaluate_all(
+                    "items => items.map(item => [item.dataset.type, item.querySelector('[data-task]').dataset.task])"
+                )
+                assert ["CANCELLED", doomed["id"]] in feed
+                assert ["CREATED", added["id"]] in feed
+                async with graphql_client(second.url) as gql:
+                    await counts_match(page, gql)
+                # The browser reports the refused connections while the server was down.
+                watch.assert_clean(allow=("net::ERR_",))
+            finally:
+                await second.stop()
+
+
+ADMIN_KEY = "dashboard-admin-key-0123456789"
+
+
+class TestApiKey:
+    async def test_the_page_asks_for_a_key_says_when_it_is_wrong_and_works_with_the_right_one(
+        self, browser: Browser, tmp_path: Path
+    ) -> None:
+        async with (
+            fresh_pg_database("ts_dash_key") as url,
+            running_server(url, tmp_path, API_KEY=ADMIN_KEY) as server,
+            graphql_client(server.url) as gql,
+            watched_page(browser) as (page, watch),
+        ):
+            gql.http.headers["X-API-Key"] = ADMIN_KEY
+            project = await create_project(gql, "Guarded")
+            task = await create_task(gql, project, "Behind the key")
+
+            await page.goto(f"{server.url}/dashboard/")
+            await page.wait_for_selector("#key-dialog[open]")
+            assert "needs" in (await page.text_content("#key-error") or "")
+            assert await page.get_attribute("#connection", "data-state") == "offline"
+
+            await page.fill("#key-input", "not-the-key-not-the-key")
+            await page.click("#key-submit")
+            await until(
+                page,
+                "() => document.getElementById('key-dialog').open && "
+                "document.getElementById('key-error').textContent.includes('not accepted')",
+                what="the wrong key's message",
+            )
+            await page.fill("#key-input", ADMIN_KEY)
+            await page.click("#key-submit")
+            await connection_is(page, "live")
+            await card_in(page, task["id"], "PENDING")
+            assert await page.evaluate("localStorage.getItem('task-service.credential')") == ADMIN_KEY
+
+            # Live under the key (the WebSocket sent it in connection_init), and kept for next time.
+            later = await create_task(gql, project, "Seen live")
+            await card_in(page, later["id"], "PENDING")
+            await page.reload()
+            await connection_is(page, "live")
+            assert not await page.evaluate("document.getElementById('key-dialog').open")
+
+            # An agent token works as well (sent as a bearer token).
+            data = await gql.execute(
+                'mutation { registerAgent(input: {name: "scout", skills: ["research"]}) { token } }'
+            )
+            token = data["registerAgent"]["token"]
+            assert token.startswith("tsa_")
+            await page.evaluate("token => localStorage.setItem('task-service.credential', token)", token)
+            await page.reload()
+            await connection_is(page, "live")
+            await until(page, "() => document.querySelector('#agents .agent[data-name=scout]')", what="scout")
+
+            # GraphiQL takes the stored credential into its headers editor and runs with it.
+            await page.goto(f"{server.url}/graphql")
+            await page.wait_for_selector(".graphiql-query-editor .CodeMirror")
+            headers = await editor_text(page, ".graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror")
+            assert json.loads(headers) == {"Authorization": f"Bearer {token}"}
+            await set_operation(page, "Agents", "query Agents { agents { name } }")
+            await page.click(".graphiql-execute-button")
+            assert "scout" in await until_response(page, "scout")
+            # The wrong key's 401s are the only console errors.
+            watch.assert_clean(allow=("status of 401",))
+
+
+class TestGraphiQL:
+    async def test_graphiql_runs_a_query_and_a_subscription_from_the_services_own_files(
+        self, browser: Browser, team: Team
+    ) -> None:
+        async with watched_page(browser) as (page, watch), graphql_client(team.server.url) as gql:
+            await page.goto(f"{team.server.url}/graphql")
+            await page.wait_for_selector(".graphiql-query-editor .CodeMirror")
+            total = (await api_stats(gql))["tasks"]["total"]
+            await set_operation(page, "Totals", "query Totals { dashboardStats { tasks { total } } }")
+            await page.click(".graphiql-execute-button")
+            answer = await until_response(page, '"total"')
+            assert json.loads(answer) == {"data": {"dashboardStats": {"tasks": {"total": total}}}}
+
+            head = (await gql.execute("{ dashboardStats { recentEvents(first: 1) { id } } }"))["dashboardStats"]
+            after = head["recentEvents"][0]["id"]
+            await set_operation(
+                page, "Live", f'subscription Live {{ taskEvents(after: "{after}") {{ id type taskId }} }}'
+            )
+            await page.click(".graphiql-execute-button")
+            project = await create_project(gql, "Seen in GraphiQL")
+            task = await create_task(gql, project, "Streams to GraphiQL")
+            answer = await until_response(page, f'"taskId": "{task["id"]}"')
+            assert json.loads(answer)["data"]["taskEvents"]["type"] == "CREATED"
+            await screenshot(page, "graphiql")
+            assert any(url.startswith("ws://127.0.0.1") for url in watch.urls), "the subscription used a WebSocket"
+            watch.assert_clean()
+
+
+async def set_operation(page: Page, name: str, text: str) -> None:
+    """Put the operation `name` in GraphiQL's query editor, and wait until GraphiQL has
+    parsed it (the active tab takes its name): before that, Run would send the old one."""
+    await page.evaluate(
+        "text => document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue(text)", text
+    )
+    await until(
+        page,
+        "name => document.querySelector('.graphiql-tab-active')?.textContent.includes(name)",
+        name,
+        what=f"GraphiQL's tab named {name}",
+    )
+
+
+async def editor_text(page: Page, selector: str) -> str:
+    return await page.evaluate("selector => document.querySelector(selector).CodeMirror.getValue()", selector)
+
+
+async def until_response(page: Page, needle: str) -> str:
+    """GraphiQL's response pane once it contains `needle`."""
+    try:
+        await page.wait_for_function(
+            "needle => document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue().includes(needle)",
+            arg=needle,
+            timeout=DEADLINE * 1000,
+        )
+    except PlaywrightTimeout:
+        shown = await editor_text(page, ".graphiql-response .CodeMirror")
+        pytest.fail(f"GraphiQL's response never showed {needle} within {DEADLINE} s; it shows:\n{shown}", pytrace=False)
+    return await editor_text(page, ".graphiql-response .CodeMirror")
 
 
 async def drive_to_review(gql: GraphQLClient, task_id: str, agent: str) -> None:
