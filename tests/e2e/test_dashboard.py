@@ -308,6 +308,11 @@ async def all_task_ids(gql: GraphQLClient, status: str) -> list[str]:
         after = data["tasks"]["pageInfo"]["endCursor"]
 
 
+async def api_total(gql: GraphQLClient, task_filter: dict[str, Any]) -> int:
+    data = await gql.execute("query($f: TaskFilter) { tasks(filter: $f, first: 0) { totalCount } }", f=task_filter)
+    return data["tasks"]["totalCount"]
+
+
 async def api_stats(gql: GraphQLClient) -> dict[str, Any]:
     return (await gql.execute(STATS))["dashboardStats"]
 
@@ -403,6 +408,30 @@ class TestDashboardLoads:
 
             await screenshot(page, "dashboard-board")
             await screenshot(page, "dashboard-agents", ".sidebar")
+
+            # Each filter shows what the API's matching filter counts.
+            for control, value, api_filter in [
+                ("#filter-project", team.projects[1], {"projectId": team.projects[1]}),
+                ("#filter-tag", "urgent", {"tags": ["urgent"]}),
+                ("#filter-assignee", "agent-13", {"assignee": "agent-13"}),
+            ]:
+                await page.select_option(control, value)
+                expected = await api_total(gql, api_filter)
+                await until(
+                    page,
+                    "n => document.querySelectorAll('#board .card:not([hidden])').length === n",
+                    expected,
+                    what=f"{expected} cards shown for {api_filter}",
+                )
+                await page.select_option(control, "")
+            await page.fill("#filter-text", "#1000")
+            await until(
+                page, "() => document.querySelectorAll('#board .card:not([hidden])').length === 1", what="#1000"
+            )
+            await page.click("#filter-clear")
+            await until(
+                page, "() => document.querySelectorAll('#board .card:not([hidden])').length === 1000", what="all"
+            )
             watch.assert_clean()
 
     async def test_a_burst_of_200_changes_patches_the_board(self, browser: Browser, team: Team) -> None:
@@ -525,6 +554,17 @@ class TestLiveBoard:
             await card_in(page, new["id"], "PENDING")
             await page.click("#drawer-close")
 
+            # The project's dependency view puts the new task under the one it waits for.
+            await page.click(f'#projects .project[data-id="{project_id}"] [data-action="graph"]')
+            await until(
+                page,
+                """([prior, next]) => document.querySelector(
+                     `#graph-body [role=treeitem]:has(> .dep-task [data-task="${prior}"]) [data-task="${next}"]`)""",
+                [prior["id"], new["id"]],
+                what="the dependency tree",
+            )
+            await page.keyboard.press("Escape")
+
             # A review from the drawer: reject with feedback, then approve the second try.
             task = await create_task(gql, project_id, "Needs a review")
             await drive_to_review(gql, task["id"], "agent-42")
@@ -532,6 +572,10 @@ class TestLiveBoard:
             await page.click(f'#board .card[data-id="{task["id"]}"] .card-title')
             await page.wait_for_selector("#review-feedback")
             await screenshot(page, "dashboard-drawer")
+            shown = await page.text_content("#drawer-body") or ""
+            assert "Needs a review" in (await page.text_content("#drawer-title") or "")
+            assert "null" not in shown
+            assert "undefined" not in shown
             await page.fill("#review-feedback", "Add the numbers")
             await page.click('#drawer [data-action="reject"]')
             rejected = await until_api_task(gql, task["id"], lambda t: t["status"] == "PENDING")

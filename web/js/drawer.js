@@ -166,7 +166,7 @@ export class Drawer {
         ),
       ),
     );
-    this.body.replaceChildren(
+    const sections = [
       this.actions(task, draft),
       details,
       text("Description", task.description),
@@ -176,7 +176,8 @@ export class Drawer {
       text("Last error", task.lastError, "error"),
       result,
       history,
-    );
+    ];
+    this.body.replaceChildren(...sections.filter(Boolean));
     if (focusedAction) this.body.querySelector(`[data-action="${focusedAction}"]`)?.focus();
   }
 

@@ -4,12 +4,13 @@
 import { AgentsPanel } from "./agents.js";
 import { Api, AuthError } from "./api.js";
 import { Board, STATUSES } from "./board.js";
-import { debounce, h, setText } from "./dom.js";
+import { debounce, setText } from "./dom.js";
 import { Drawer } from "./drawer.js";
 import { Feed } from "./feed.js";
+import { Filters } from "./filters.js";
 import { keyDialog, projectDialog, taskDialog } from "./forms.js";
 import { Live } from "./live.js";
-import { ProjectsPanel, renderDependencyTree } from "./projects.js";
+import { DependencyDialog, ProjectsPanel } from "./projects.js";
 import { AGENTS, HEAD, PROJECTS, TASKS_PAGE } from "./queries.js";
 
 const PAGE_SIZE = 500; // the server's default MAX_PAGE_SIZE
@@ -29,7 +30,16 @@ const $ = (id) => document.getElementById(id);
 const api = new Api();
 const board = new Board($("board"), { onOpen: openTask });
 const agents = new AgentsPanel($("agents"), $("agents-count"), { onOpenTask: openTask });
-const projects = new ProjectsPanel($("projects"), { onSelect: selectProject, onGraph: openGraph });
+const projects = new ProjectsPanel($("projects"), {
+  onSelect: (id) => filters.selectProject(id),
+  onGraph: (id) => dependencies.open(id, projects.get(id)?.name),
+});
+const dependencies = new DependencyDialog(api, {
+  statusOf: (id) => board.get(id)?.status,
+  onOpenTask: openTask,
+  onAuth: askKey,
+});
+const filters = new Filters({ onChange: applyFilter });
 const feed = new Feed($("feed"), $("feed-pause"), { titleOf: (id) => board.get(id)?.title });
 const drawer = new Drawer($("drawer"), api, { onChanged: applyTask, onAuth: askKey, onOpenTask: openTask });
 const keys = keyDialog(api, { onKey: () => load() });
@@ -45,7 +55,7 @@ const newProject = projectDialog(api, {
   onCreated: (project) => {
     projects.upsert(project);
     refreshFilterOptions();
-    selectProject(project.id);
+    filters.selectProject(project.id);
   },
   onAuth: askKey,
 });
@@ -150,7 +160,7 @@ function onEvent(event) {
   }
   if (AGENT_STATS_EVENTS.has(event.type) && (before?.assignee || event.task?.assignee)) refreshAgents();
   if (drawer.openId === event.taskId) refreshDrawer();
-  if (graphProject === event.projectId) refreshGraph();
+  dependencies.changed(event.projectId);
 }
 
 function onPresence(presence) {
@@ -247,82 +257,33 @@ function showSummary() {
 
 // -- filters ------------------------------------------------------------------------------
 
-function fillSelect(select, values) {
-  const current = select.value;
-  const fixed = select.querySelectorAll("option[data-fixed]");
-  select.replaceChildren(...fixed, ...values.map(([value, text]) => h("option", { value, text })));
-  select.value = [...select.options].some((option) => option.value === current) ? current : "";
+function applyFilter(filter) {
+  board.setFilter(filter);
+  projects.select(filter.project);
+  showSummary();
 }
 
 function refreshFilterOptions() {
-  fillSelect(
-    $("filter-project"),
-    projects
+  filters.setOptions({
+    projects: projects
       .projects()
       .sort((a, b) => Number(b.id) - Number(a.id))
       .map((project) => [project.id, project.name]),
-  );
-  fillSelect($("filter-tag"), [...tags].sort().map((tag) => [tag, tag]));
-  fillSelect(
-    $("filter-assignee"),
-    [...agents.rows.keys()].sort().map((name) => [name, name]),
-  );
+    tags: [...tags].sort(),
+    assignees: [...agents.rows.keys()].sort(),
+  });
 }
 
 const refreshFilterOptionsSoon = debounce(refreshFilterOptions, 200);
 
-function readFilter() {
-  board.setFilter({
-    project: $("filter-project").value,
-    tag: $("filter-tag").value,
-    assignee: $("filter-assignee").value,
-    text: $("filter-text").value.trim().toLowerCase(),
-  });
-  projects.select(board.filter.project);
-  showSummary();
-}
-
-function selectProject(id) {
-  $("filter-project").value = id;
-  readFilter();
-}
-
-// -- drawer and dependency view -----------------------------------------------------------
+// -- drawer -------------------------------------------------------------------------------
 
 function openTask(id) {
   drawer.open(id);
 }
 
-let graphProject = null;
-
-async function openGraph(id) {
-  graphProject = String(id);
-  const dialog = $("graph-dialog");
-  setText($("graph-title"), `Dependencies of ${projects.get(id)?.name ?? `project #${id}`}`);
-  $("graph-body").replaceChildren(h("p", { class: "hint", text: "Loading…" }));
-  if (!dialog.open) dialog.showModal();
-  await refreshGraphNow();
-}
-
-async function refreshGraphNow() {
-  const id = graphProject;
-  if (!id) return;
-  try {
-    await renderDependencyTree(api, id, $("graph-body"), (taskId) => board.get(taskId)?.status);
-  } catch (error) {
-    if (error instanceof AuthError) askKey(error);
-    $("graph-body").replaceChildren(h("p", { class: "alert", role: "alert", text: error.message }));
-  }
-}
-
-const refreshGraph = debounce(refreshGraphNow, 500);
-
 // -- wiring -------------------------------------------------------------------------------
 
-for (const id of ["filter-project", "filter-tag", "filter-assignee"]) $(id).addEventListener("change", readFilter);
-$("filter-text").addEventListener("input", debounce(readFilter, 120));
-$("filters").addEventListener("reset", () => setTimeout(readFilter));
-$("filters").addEventListener("submit", (event) => event.preventDefault());
 $("new-project").addEventListener("click", () => newProject.open());
 $("new-task").addEventListener("click", () => newTask.open());
 $("key-button").addEventListener("click", () => keys.ask(null));
@@ -330,23 +291,11 @@ $("feed").addEventListener("click", (event) => {
   const link = event.target.closest("[data-task]");
   if (link) openTask(link.dataset.task);
 });
-$("graph-dialog").addEventListener("click", (event) => {
-  const link = event.target.closest("[data-task]");
-  if (link) {
-    $("graph-dialog").close();
-    openTask(link.dataset.task);
-  } else if (event.target.closest("[data-close]")) {
-    $("graph-dialog").close();
-  }
-});
-$("graph-dialog").addEventListener("close", () => {
-  graphProject = null;
-});
 document.addEventListener("keydown", (event) => {
   const typing = event.target.closest?.("input, textarea, select, [contenteditable]");
   if (event.key === "/" && !typing) {
     event.preventDefault();
-    $("filter-text").focus();
+    filters.focusText();
   } else if (event.key === "Escape" && !$("drawer").hidden && !document.querySelector("dialog[open]")) {
     drawer.close();
   }

@@ -1,5 +1,6 @@
 // Projects with their progress, and a project's dependency tree (what blocks what).
-import { h, setText } from "./dom.js";
+import { AuthError } from "./api.js";
+import { debounce, h, setText } from "./dom.js";
 import { PROJECT_GRAPH } from "./queries.js";
 
 export class ProjectsPanel {
@@ -87,10 +88,60 @@ export class ProjectsPanel {
   }
 }
 
+/** The dialog with one project's dependency tree; it follows the project's events. */
+export class DependencyDialog {
+  constructor(api, { statusOf, onOpenTask, onAuth }) {
+    this.api = api;
+    this.statusOf = statusOf;
+    this.onAuth = onAuth;
+    this.projectId = null;
+    this.dialog = document.getElementById("graph-dialog");
+    this.title = document.getElementById("graph-title");
+    this.body = document.getElementById("graph-body");
+    this.refreshSoon = debounce(() => this.refresh(), 500);
+    this.dialog.addEventListener("click", (event) => {
+      const link = event.target.closest("[data-task]");
+      if (link) {
+        this.dialog.close();
+        onOpenTask(link.dataset.task);
+      } else if (event.target.closest("[data-close]")) {
+        this.dialog.close();
+      }
+    });
+    this.dialog.addEventListener("close", () => {
+      this.projectId = null;
+    });
+  }
+
+  async open(projectId, name) {
+    this.projectId = String(projectId);
+    setText(this.title, `Dependencies of ${name ?? `project #${projectId}`}`);
+    this.body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
+    if (!this.dialog.open) this.dialog.showModal();
+    await this.refresh();
+  }
+
+  /** An event of `projectId` arrived: redraw if that project is on show. */
+  changed(projectId) {
+    if (this.projectId === String(projectId)) this.refreshSoon();
+  }
+
+  async refresh() {
+    const id = this.projectId;
+    if (!id) return;
+    try {
+      await renderDependencyTree(this.api, id, this.body, this.statusOf);
+    } catch (error) {
+      if (error instanceof AuthError) this.onAuth(error);
+      this.body.replaceChildren(h("p", { class: "alert", role: "alert", text: error.message }));
+    }
+  }
+}
+
 /** The dependency tree of a project in `container`: roots are tasks that wait for nothing;
  * under each task, the tasks that wait for it. A task reached twice (a diamond) is listed
  * again as a reference, not expanded again. */
-export async function renderDependencyTree(api, projectId, container, statusOf) {
+async function renderDependencyTree(api, projectId, container, statusOf) {
   const tasks = [];
   let after = null;
   let name = "";
