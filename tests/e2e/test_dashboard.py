@@ -607,45 +607,58 @@ class TestPresence:
             watched_page(browser) as (page, watch),
         ):
             await register(gql, "steady", ["research"])
+            await register(gql, "idle", ["design"])
             project = await create_project(gql, "Presence")
             task = await create_task(gql, project, "Held by a fading agent", requiredSkills=["research"])
+            alive = {"steady", "idle"}
 
-            async def keep_steady_alive() -> None:
+            async def keep_alive() -> None:
                 while True:
-                    await gql.execute('mutation { heartbeat(agent: "steady") { name } }')
+                    for name in list(alive):
+                        await gql.execute("mutation($a: String!) { heartbeat(agent: $a) { name } }", a=name)
                     await asyncio.sleep(0.5)
 
-            heartbeats = asyncio.create_task(keep_steady_alive())
+            heartbeats = asyncio.create_task(keep_alive())
             try:
                 await open_dashboard(page, server)
                 await record_agent_statuses(page)
                 await register(gql, "fading", ["research"])
                 await step(gql, CLAIM, id=task["id"], a="fading")
                 silent_since = time.monotonic()
-                await until(
-                    page,
-                    "() => document.querySelector('#agents .agent[data-name=fading]')?.dataset.status === 'OFFLINE'",
-                    what="fading OFFLINE on the page",
-                    within=DEADLINE + 3,
-                )
+                await agent_goes_offline(page, "fading")
                 record("offline_shown_after_last_call_seconds", round(time.monotonic() - silent_since, 3))
                 seen = await page.evaluate("window.agentStatuses.filter(([name]) => name === 'fading')")
                 statuses = [status for _, status in seen]
-                assert statuses[-1] == "OFFLINE"
                 assert {"ONLINE", "BUSY"} & set(statuses[:-1]), f"the page never showed fading alive: {statuses}"
                 # Its lease expired with it: the task is back in the queue, on the API and the board.
                 await until_api_task(gql, task["id"], lambda t: t["status"] == "PENDING")
                 await card_in(page, task["id"], "PENDING")
-                assert await page.get_attribute("#agents .agent[data-name=steady]", "data-status") == "ONLINE"
                 age = await page.text_content("#agents .agent[data-name=fading] .heartbeat-age")
                 assert age is not None
                 assert age.endswith("s")
                 assert int(age[:-1]) >= 3, age
+
+                # "idle" holds nothing, so no task event mentions it: only agentPresence can
+                # tell the page that it went quiet.
+                assert await page.get_attribute("#agents .agent[data-name=idle]", "data-status") == "ONLINE"
+                alive.discard("idle")
+                await agent_goes_offline(page, "idle")
+                assert await page.get_attribute("#agents .agent[data-name=steady]", "data-status") == "ONLINE"
                 watch.assert_clean()
             finally:
                 heartbeats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeats
+
+
+async def agent_goes_offline(page: Page, name: str) -> None:
+    await until(
+        page,
+        "name => document.querySelector(`#agents .agent[data-name=${name}]`)?.dataset.status === 'OFFLINE'",
+        name,
+        what=f"{name} OFFLINE on the page",
+        within=DEADLINE + 3,
+    )
 
 
 async def record_agent_statuses(page: Page) -> None:
