@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, WebSocketRoute, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.conftest import (
@@ -797,6 +798,28 @@ class TestApiKey:
             await set_operation(page, "Agents", "query Agents { agents { name } }")
             await page.click(".graphiql-execute-button")
             assert "scout" in await until_response(page, "scout")
+
+            # A WebSocket refused at connection_init (4403) while HTTP still works: the page
+            # stops and asks for a key again. The refusal is played by Playwright, since the
+            # server cannot refuse a credential over WebSocket that it accepts over HTTP.
+            async def refuse(socket: WebSocketRoute) -> None:
+                socket.on_message(
+                    lambda message: (
+                        asyncio.ensure_future(socket.close(code=4403, reason="Forbidden"))
+                        if "connection_init" in str(message)
+                        else None
+                    )
+                )
+
+            await page.route_web_socket(re.compile(r".*/graphql$"), refuse)
+            await page.goto(f"{server.url}/dashboard/")
+            await until(
+                page,
+                "() => document.getElementById('key-dialog').open && "
+                "document.getElementById('key-error').textContent.includes('not accepted')",
+                what="the key prompt after a 4403",
+            )
+            assert await page.get_attribute("#connection", "data-state") == "offline"
             # The wrong key's 401s are the only console errors.
             watch.assert_clean(allow=("status of 401",))
 

@@ -48,8 +48,15 @@ export class Live {
     this.stopped = true;
     this.generation += 1;
     clearTimeout(this.timer);
-    this.client?.dispose();
+    this.dropClient();
+  }
+
+  /** Close the current client. Its dispose() awaits a connection attempt that may be
+   * failing right now; that failure is already being handled, so it is not rethrown. */
+  dropClient() {
+    const client = this.client;
     this.client = null;
+    if (client) Promise.resolve(client.dispose()).catch(() => {});
   }
 
   setState(state, detail = "") {
@@ -145,8 +152,7 @@ export class Live {
   lost(reason) {
     if (this.stopped) return;
     this.generation += 1; // the old connection's callbacks are now ignored
-    this.client?.dispose();
-    this.client = null;
+    this.dropClient();
     this.lostAt ??= Date.now();
     this.showLoss(reason);
     clearTimeout(this.timer);
