@@ -529,6 +529,7 @@ class TestLiveBoard:
             )
             (project_id,) = [p["id"] for p in projects["projects"] if p["name"] == "Made in the page"]
             prior = await create_task(gql, project_id, "Groundwork")
+            await card_in(page, prior["id"], "PENDING")  # the dialog offers the tasks on the board
 
             await page.click("#new-task")
             await page.select_option("#task-project", project_id)
@@ -554,6 +555,21 @@ class TestLiveBoard:
             assert new["blockedBy"] == [{"id": prior["id"]}]
             await card_in(page, new["id"], "PENDING")
             await page.click("#drawer-close")
+
+            # Keyboard: "/" jumps to the search, Enter on a card opens it, Escape closes it.
+            await page.keyboard.press("/")
+            assert await page.evaluate("document.activeElement.id") == "filter-text"
+            await page.focus(card_title(new["id"]))
+            await page.keyboard.press("Enter")
+            await until(
+                page,
+                "title => document.getElementById('drawer-title').textContent.includes(title)",
+                "Written from the dashboard",
+                what="the drawer opened from the keyboard",
+            )
+            await page.keyboard.press("Escape")
+            assert await page.evaluate("document.getElementById('drawer').hidden")
+            assert await page.evaluate("document.activeElement.classList.contains('card-title')")
 
             # The project's dependency view puts the new task under the one it waits for.
             await page.click(f'#projects .project[data-id="{project_id}"] [data-action="graph"]')
@@ -734,6 +750,26 @@ class TestReconnect:
                 watch.assert_clean(allow=("net::ERR_",))
             finally:
                 await second.stop()
+
+    async def test_after_the_network_drops_the_page_catches_up_when_it_returns(
+        self, browser: Browser, team: Team
+    ) -> None:
+        async with watched_page(browser) as (page, watch), graphql_client(team.server.url) as gql:
+            await open_dashboard(page, team.server)
+            project = await create_project(gql, "Network drop")
+            before = await create_task(gql, project, "Seen before the drop")
+            await card_in(page, before["id"], "PENDING")
+            await page.context.set_offline(True)
+            await connection_is(page, "reconnecting", "offline")
+            await step(gql, CANCEL, id=before["id"])
+            during = await create_task(gql, project, "Created during the drop")
+            await page.context.set_offline(False)
+            back = await connection_is(page, "live")
+            record("live_again_after_network_returns_seconds", round(back, 3))
+            await card_in(page, before["id"], "CANCELLED")
+            await card_in(page, during["id"], "PENDING")
+            await counts_match(page, gql)
+            watch.assert_clean(allow=("net::ERR_",))
 
 
 ADMIN_KEY = "dashboard-admin-key-0123456789"
