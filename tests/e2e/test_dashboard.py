@@ -153,6 +153,13 @@ def card_title(task_id: str) -> str:
     return f'#board .card[data-id="{task_id}"] .card-title'
 
 
+async def open_card(page: Page, task_id: str) -> None:
+    """Click a card's title. Cards off screen are not rendered (content-visibility: auto),
+    so it is scrolled into view first, as a person would."""
+    await page.locator(f'#board .card[data-id="{task_id}"]').scroll_into_view_if_needed()
+    await page.click(card_title(task_id))
+
+
 async def card_in(page: Page, task_id: str, status: str, *, within: float = DEADLINE) -> float:
     return await until(page, CARD_IN_COLUMN, [task_id, status], what=f"card {task_id} in {status}", within=within)
 
@@ -586,7 +593,7 @@ class TestLiveBoard:
             task = await create_task(gql, project_id, "Needs a review")
             await drive_to_review(gql, task["id"], "agent-42")
             await card_in(page, task["id"], "REVIEWING")
-            await page.click(f'#board .card[data-id="{task["id"]}"] .card-title')
+            await open_card(page, task["id"])
             await page.wait_for_selector("#review-feedback")
             await screenshot(page, "dashboard-drawer")
             shown = await page.text_content("#drawer-body") or ""
@@ -602,7 +609,7 @@ class TestLiveBoard:
 
             await drive_to_review(gql, task["id"], "agent-42")
             await card_in(page, task["id"], "REVIEWING")
-            await page.click(f'#board .card[data-id="{task["id"]}"] .card-title')
+            await open_card(page, task["id"])
             await page.click('#drawer [data-action="approve"]')
             await until_api_task(gql, task["id"], lambda t: t["status"] == "COMPLETED")
             await card_in(page, task["id"], "COMPLETED")
@@ -610,6 +617,30 @@ class TestLiveBoard:
             reviews = [e for e in events["events"] if e["type"] in ("REJECTED", "APPROVED")]
             assert [e["type"] for e in reviews] == ["REJECTED", "APPROVED"]
             assert {e["actor"] for e in reviews} == {"dashboard"}
+            watch.assert_clean()
+
+    async def test_cancel_retry_and_release_from_the_drawer_reach_the_api(self, browser: Browser, team: Team) -> None:
+        async with watched_page(browser) as (page, watch), graphql_client(team.server.url) as gql:
+            await open_dashboard(page, team.server)
+            project = await create_project(gql, "Drawer actions")
+            task = await create_task(gql, project, "Changes its mind")
+            await card_in(page, task["id"], "PENDING")
+            await open_card(page, task["id"])
+            await page.click('#drawer [data-action="cancel"]')
+            await page.click('#drawer [data-action="confirm-cancel"]')
+            await until_api_task(gql, task["id"], lambda t: t["status"] == "CANCELLED")
+            await card_in(page, task["id"], "CANCELLED")
+            await page.click('#drawer [data-action="retry"]')
+            await until_api_task(gql, task["id"], lambda t: t["status"] == "PENDING")
+            await card_in(page, task["id"], "PENDING")
+            await step(gql, CLAIM, id=task["id"], a="agent-44")
+            await card_in(page, task["id"], "ASSIGNED")
+            await page.click('#drawer [data-action="release"]')
+            released = await until_api_task(gql, task["id"], lambda t: t["status"] == "PENDING")
+            assert released["assignee"] is None
+            await card_in(page, task["id"], "PENDING")
+            events = await gql.execute("query($id: ID!) { events(taskId: $id) { type } }", id=task["id"])
+            assert [e["type"] for e in events["events"]] == ["CREATED", "CANCELLED", "RETRIED", "CLAIMED", "RELEASED"]
             watch.assert_clean()
 
 
