@@ -71,6 +71,7 @@ async def browser() -> AsyncIterator[Browser]:
             "`apt-get install chromium` (.ci/run installs it when missing)",
             pytrace=False,
         )
+    (ARTIFACTS / "dashboard-metrics.json").unlink(missing_ok=True)  # the figures of this run only
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
