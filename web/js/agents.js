@@ -58,6 +58,18 @@ export class AgentsPanel {
     }
   }
 
+  /** Every agent's current tasks from the board's full list (at load). */
+  setTasks(tasks) {
+    this.activeByAgent.clear();
+    for (const task of tasks) {
+      const name = task.assignee?.name;
+      if (!name || !ACTIVE.has(task.status)) continue;
+      if (!this.activeByAgent.has(name)) this.activeByAgent.set(name, new Map());
+      this.activeByAgent.get(name).set(task.id, task.title);
+    }
+    for (const row of this.rows.values()) this.patchTasks(row);
+  }
+
   /** Keep each agent's current tasks in step with the board: `before` and `after` are a
    * task's card before and after a change (either may be null). */
   taskChanged(before, after) {

@@ -117,11 +117,11 @@ async function load() {
     const [projectData, agentData, tasks] = await Promise.all([api.request(PROJECTS), api.request(AGENTS), loadTasks()]);
     projects.setProjects(projectData.projects);
     agents.setAgents(agentData.agents);
+    pending.clear(); // older than this snapshot
+    arrived.length = 0;
     board.setTasks(tasks);
-    for (const task of tasks) {
-      agents.taskChanged(null, task);
-      for (const tag of task.tags) tags.add(tag);
-    }
+    agents.setTasks(tasks);
+    for (const task of tasks) for (const tag of task.tags) tags.add(tag);
     feed.reset(head.dashboardStats.recentEvents);
     showStats(head.dashboardStats);
     refreshFilterOptions();
