@@ -119,10 +119,11 @@ class TaskServiceClient:
             token=token or base.token,
             api_key=api_key or base.api_key,
             timeout=timeout if config is None else base.timeout,
+            retries=base.retries,
         )
         self.http_url = graphql_http_url(self.config.url)
         self.ws_url = graphql_ws_url(self.config.url)
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy(attempts=self.config.retries)
         self.attempts: AttemptStore = attempts if attempts is not None else MemoryAttempts()
         self._agent_name = self.config.agent
         self._client: Client | None = None

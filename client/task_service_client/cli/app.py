@@ -253,7 +253,6 @@ async def cmd_task_create(c: TaskServiceClient, a: argparse.Namespace) -> Any:
 async def cmd_breakdown(c: TaskServiceClient, a: argparse.Namespace) -> Any:
     plan = load_plan(a.file)
     project_id = a.project or plan.project_id
-    project = None
     if project_id is None:
         if plan.project is None:
             raise BadUserInputError("no project: give --project ID, or `project: {name: ...}` in the plan")
@@ -261,7 +260,7 @@ async def cmd_breakdown(c: TaskServiceClient, a: argparse.Namespace) -> Any:
         project_id = project.id
     tasks = await c.create_tasks(project_id, [{"createdBy": c.agent, **t} for t in plan.tasks])
     refs = {item["ref"]: task.id for item, task in zip(plan.tasks, tasks, strict=True) if item.get("ref")}
-    return {"project": project or await c.project(project_id), "refs": refs, "tasks": tasks}
+    return {"project": await c.project(project_id), "refs": refs, "tasks": tasks}
 
 
 async def cmd_stats(c: TaskServiceClient, a: argparse.Namespace) -> Any:
