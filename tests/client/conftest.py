@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import sys
@@ -93,11 +94,16 @@ def taskctl(server: Server, tmp_path: Path) -> Taskctl:
     return Taskctl(server.url, tmp_path / "state")
 
 
-async def poll(check: Callable[[], Awaitable[T | None]], *, within: float = 60.0, interval: float = 0.1) -> T:
-    """Call `check` until it returns something other than None; fail after `within` seconds."""
+async def poll(
+    check: Callable[[], Awaitable[T | None] | T | None], *, within: float = 60.0, interval: float = 0.1
+) -> T:
+    """Call `check` (sync or async) until it returns something other than None; fail after
+    `within` seconds."""
     deadline = time.monotonic() + within
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value is not None:
             return value
         if time.monotonic() > deadline:
