@@ -36,6 +36,8 @@ log = logging.getLogger("task_service_client.worker")
 
 # Event types after which a claim may find something new.
 _WAKING_TYPES = {"UNBLOCKED", "UPDATED", "RESTORED", "DEPENDENCY_REMOVED"}
+# Claim errors worth waiting out; any other ends the worker.
+_PASSING = {"RATE_LIMITED", "INTERNAL", "LIMIT_REACHED"}
 STDERR_TAIL = 4000
 STOP_GRACE_SECONDS = 10.0
 
@@ -107,6 +109,8 @@ class Worker:
         self._generation = 0
         self._reserved = 0
         self._nothing = False
+        self._fatal: TaskServiceError | None = None
+        self._backlog: list[Task] = []
 
     # -- output ---------------------------------------------------------------------------
 
@@ -136,6 +140,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
         self.emit("stopped", **to_json(self.report))
+        if self._fatal is not None:
+            raise self._fatal
         return self._exit_code()
 
     def _exit_code(self) -> int:
@@ -177,7 +183,12 @@ class Worker:
             agent = registration.agent
         else:
             agent = await self.client.whoami()
-        self.emit("ready", agent=agent.name, concurrency=options.concurrency)
+        # Tasks this agent holds already: pre-assigned to it, or left by a previous run of
+        # this worker that died (our heartbeats would keep their leases alive for ever).
+        self._backlog = [t for t in await self.client.my_tasks() if t.status in {"ASSIGNED", "RUNNING"}]
+        for task in self._backlog:
+            self.client.attempts.set(task.id, task.attempt)
+        self.emit("ready", agent=agent.name, concurrency=options.concurrency, held=[t.id for t in self._backlog])
 
     # -- waiting for work -----------------------------------------------------------------
 
@@ -233,10 +244,18 @@ class Worker:
         failures = 0
         while not self._stop.is_set() and self._reserve():
             seen = self._generation
+            if self._backlog:
+                await self._work_on(self._backlog.pop(0))
+                continue
             try:
                 task = await self.client.claim_next(project_id=self.options.project_id, tags=self.options.tags)
-            except (TransportFailure, TaskServiceError) as exc:
+            except TaskServiceError as exc:
                 self._reserved -= 1
+                if not isinstance(exc, TransportFailure) and exc.code not in _PASSING:
+                    # A refusal that will not change by waiting (bad --project, no such agent...).
+                    self._fatal = self._fatal or exc
+                    self.stop("error")
+                    return
                 failures += 1
                 self.emit("error", code=exc.code, message=exc.message)
                 with contextlib.suppress(TimeoutError):
@@ -258,7 +277,7 @@ class Worker:
         self.report.tasks.append(task.id)
         self.emit("claimed", task=task.id, attempt=task.attempt, title=task.title)
         try:
-            if not self._stop.is_set():
+            if not self._stop.is_set() and task.status == "ASSIGNED":
                 try:
                     task = running.task = await self.client.start(task.id)
                 except TaskServiceError as exc:
