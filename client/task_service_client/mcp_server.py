@@ -4,7 +4,8 @@ An MCP-speaking coding assistant starts `taskctl mcp` with TASK_SERVICE_URL and 
 (or TASK_SERVICE_TOKEN) in its environment and gets tools to find, claim, do, submit and
 review tasks and to plan projects. The server registers the agent when it has no token,
 heartbeats in the background while the session lasts (keeping its claims' leases alive),
-and reports contract errors as tool errors reading `CODE: message`.
+and reports contract errors as tool errors reading `CODE: message`. Lists come wrapped in
+an object (`{"tasks": [...]}`) so that an empty one still reads as one JSON text.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def build_server(
     server: MCPServer[Any] = MCPServer("task-service", instructions=INSTRUCTIONS, lifespan=lifespan)
 
     @server.tool(description="Ready tasks this agent may claim, best first.")
-    async def list_ready_tasks(project_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        return to_json(await _call(client.available_tasks(project_id=project_id, first=limit)))
+    async def list_ready_tasks(project_id: str | None = None, limit: int = 20) -> dict[str, Any]:
+        return {"tasks": to_json(await _call(client.available_tasks(project_id=project_id, first=limit)))}
 
     @server.tool(description="Claim the best ready task for this agent; {'task': null} when there is none.")
     async def claim_next_task(project_id: str | None = None, tags: list[str] | None = None) -> dict[str, Any]:
@@ -105,8 +106,8 @@ def build_server(
         return to_json(await _call(client.review(task_id, approved=approved, feedback=feedback)))
 
     @server.tool(description="This agent's ASSIGNED, RUNNING and REVIEWING tasks.")
-    async def my_tasks() -> list[dict[str, Any]]:
-        return to_json(await _call(client.my_tasks()))
+    async def my_tasks() -> dict[str, Any]:
+        return {"tasks": to_json(await _call(client.my_tasks()))}
 
     @server.tool(description="One task in full: description, acceptance criteria, feedback, result.")
     async def show_task(task_id: str) -> dict[str, Any]:

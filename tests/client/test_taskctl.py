@@ -72,6 +72,7 @@ class TestHelp:
             "retry",
             "cancel",
             "mine",
+            "tasks",
             "show",
             "watch",
             "projects",
@@ -196,6 +197,8 @@ class TestAgentLoop:
         assert own.stderr.startswith("FORBIDDEN: ")
         assert own.stderr.count("\n") == 1
 
+        waiting = await editor.ok("tasks", "--status", "REVIEWING", "--project", project)
+        assert [t["id"] for t in waiting] == [created["id"]]
         reviewed = await editor.ok("review", created["id"], "--approve", "--feedback", "Clear")
         assert (reviewed["status"], reviewed["feedback"]) == ("COMPLETED", "Clear")
         shown = await writer.ok("show", created["id"], "--events")

@@ -203,6 +203,21 @@ async def cmd_mine(c: TaskServiceClient, a: argparse.Namespace) -> Any:
     return await c.my_tasks()
 
 
+async def cmd_tasks(c: TaskServiceClient, a: argparse.Namespace) -> Any:
+    page = await c.tasks(
+        first=a.first,
+        after=a.after,
+        projectId=a.project,
+        status=_list(a.status),
+        assignee=a.assignee,
+        taskType=a.type,
+        tags=_list(a.tag),
+        search=a.search,
+        readyOnly=a.ready or None,
+    )
+    return page.tasks
+
+
 async def cmd_show(c: TaskServiceClient, a: argparse.Namespace) -> Any:
     task = await c.task(a.id)
     if task is None:
@@ -403,6 +418,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reason")
 
     p.add("mine", "Your ASSIGNED, RUNNING and REVIEWING tasks.", "taskctl mine --human", cmd_mine)
+
+    r = p.add(
+        "tasks",
+        "List tasks by status, project, assignee, type, tag or text (e.g. work waiting for review).",
+        "taskctl tasks --status REVIEWING --project 1 --human",
+        cmd_tasks,
+    )
+    r.add_argument("--status", action="append", help="PENDING, ASSIGNED, RUNNING, REVIEWING, COMPLETED, FAILED...")
+    r.add_argument("--project")
+    r.add_argument("--assignee")
+    r.add_argument("--type")
+    r.add_argument("--tag", action="append")
+    r.add_argument("--search", help="text in the title or description")
+    r.add_argument("--ready", action="store_true", help="only tasks that can be claimed now")
+    r.add_argument("--first", type=int, help="at most this many (50)")
+    r.add_argument("--after", help="the cursor to continue from")
 
     r = p.add("show", "One task in full (with --events, its history).", "taskctl show 7 --events", cmd_show)
     r.add_argument("id")
