@@ -48,6 +48,7 @@ from .errors import (
     RateLimitedError,
     TaskServiceError,
     TransportFailure,
+    UnauthenticatedError,
     from_graphql,
 )
 from .models import Agent, DashboardStats, Project, Registration, Task, TaskEvent, TaskPage
@@ -59,6 +60,8 @@ log = logging.getLogger("task_service_client")
 _NOT_SENT = {"ConnectError", "ConnectTimeout", "PoolTimeout"}
 # Subscription errors that a reconnect cannot cure.
 _FINAL_SUBSCRIPTION_CODES = {"BAD_USER_INPUT", "NOT_FOUND", "UNAUTHENTICATED", "FORBIDDEN", "QUERY_TOO_COMPLEX"}
+# graphql-transport-ws closes for a refused credential (4401 Unauthorized, 4403 Forbidden).
+_REFUSED_CLOSE_CODES = {4401, 4403}
 # Task results the fencing token is kept for; any other status means the task left us.
 _HELD = {"ASSIGNED", "RUNNING"}
 
@@ -82,6 +85,17 @@ class _LostRequest(TransportFailure):
     def __init__(self, message: str, *, maybe_applied: bool):
         super().__init__(message)
         self.maybe_applied = maybe_applied
+
+
+def _close_code(exc: BaseException) -> int | None:
+    """The WebSocket close code behind a gql transport error, if the server sent one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        received = getattr(seen, "rcvd", None)
+        if received is not None and getattr(received, "code", None) is not None:
+            return int(received.code)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _new_key() -> str:
@@ -615,6 +629,11 @@ class TaskServiceClient:
                     raise error from None
                 log.info("subscription ended (%s); resuming after event %s", error.message, cursor)
             except (TransportError, OSError, TimeoutError) as exc:
+                if _close_code(exc) in _REFUSED_CLOSE_CODES:
+                    raise UnauthenticatedError(
+                        f"{self.ws_url} refused the credential (WebSocket close {_close_code(exc)}):"
+                        " check TASK_SERVICE_TOKEN or API_KEY"
+                    ) from None
                 log.info("subscription connection lost (%r); resuming after event %s", exc, cursor)
             await asyncio.sleep(self.retry.delay(min(failures, 6)))
             failures += 1
