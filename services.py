@@ -19,6 +19,7 @@ from .events.single_flight import SingleFlight
 from .events.snapshots import TaskSnapshots
 from .events.stats_hub import StatsHub
 from .events.tail import LogTail
+from .ratelimit import RateLimiter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,12 @@ class Services:
     snapshots: TaskSnapshots = field(init=False)
     shared_results: SingleFlight[Any] = field(init=False)
     is_sqlite: bool = field(init=False)
+    rate_limiter: RateLimiter | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        limit = self.settings.rate_limit
+        self.rate_limiter = RateLimiter(limit, self.settings.rate_limit_storage_url) if limit else None
         self.tail = LogTail(self.sessionmaker)
         self.snapshots = TaskSnapshots(self.sessionmaker)
         self.shared_results = SingleFlight(capacity=1024)
@@ -57,6 +61,7 @@ class Services:
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
+            statement_timeout_seconds=settings.statement_timeout_seconds,
         )
         return cls(settings, engine, create_sessionmaker(engine), EventBus(settings.effective_broadcast_url))
 

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors
+from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from ..errors import DomainError, ErrorCode
 
 log = logging.getLogger("task_service.errors")
 
-# The exact wording of the limiters we install (schema/root.py): strawberry's
-# QueryDepthLimiter and MaxAliasesLimiter, and graphql-core's parser for MaxTokensLimiter.
-_COMPLEXITY_MARKERS = (
-    "exceeds maximum operation depth",
-    "aliases found. Allowed:",
-    "Document contains more than",
-)
+# graphql-core's parser refusing a document over MAX_TOKENS (MaxTokensLimiter). Our own
+# limits (schema/limits.py) say QUERY_TOO_COMPLEX in their extensions.
+_TOO_MANY_TOKENS = "Document contains more than"
+_SUGGESTION = re.compile(r" Did you mean .*\?$")
 
 
 def error_code(error: GraphQLError) -> ErrorCode:
@@ -26,9 +25,16 @@ def error_code(error: GraphQLError) -> ErrorCode:
         return original.code
     if original is None:
         # Parse, validation and variable-coercion errors: the request itself is wrong.
-        if any(marker in error.message for marker in _COMPLEXITY_MARKERS):
+        declared = (error.extensions or {}).get("code")
+        if declared in ErrorCode.__members__:
+            return ErrorCode(declared)
+        if _TOO_MANY_TOKENS in error.message:
             return ErrorCode.QUERY_TOO_COMPLEX
         return ErrorCode.BAD_USER_INPUT
+    if isinstance(original, InvalidOperationTypeError):
+        return ErrorCode.BAD_USER_INPUT  # e.g. a query sent over graphql-ws, which carries subscriptions only
+    if isinstance(original, RecursionError):
+        return ErrorCode.QUERY_TOO_COMPLEX  # a document nested deeper than the parser can follow
     if isinstance(original, GraphQLError):
         return error_code(original)
     if isinstance(original, ValueError | TypeError) and _is_coercion(error):
@@ -43,10 +49,13 @@ def _is_coercion(error: GraphQLError) -> bool:
 
 
 class ErrorMapper(MaskErrors):
-    """Puts `extensions.code` on every error; masks anything unexpected as INTERNAL."""
+    """Puts `extensions.code` on every error; masks anything unexpected as INTERNAL; reports
+    each distinct error once; with `hide_suggestions` (when introspection is off) drops the
+    "Did you mean ...?" hints that would reveal the schema."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hide_suggestions: bool = False) -> None:
         super().__init__(should_mask_error=self._unexpected, error_message="Internal server error.")
+        self.hide_suggestions = hide_suggestions
 
     @staticmethod
     def _unexpected(error: GraphQLError) -> bool:
@@ -54,7 +63,12 @@ class ErrorMapper(MaskErrors):
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         processed: list[GraphQLError] = []
+        seen: set[tuple[str, str]] = set()
         for error in errors:
+            key = (error.message, repr(error.path))
+            if key in seen:
+                continue
+            seen.add(key)
             code = error_code(error)
             if code is ErrorCode.INTERNAL:
                 log.error(
@@ -67,6 +81,13 @@ class ErrorMapper(MaskErrors):
             else:
                 original = error.original_error
                 extensions = dict(error.extensions or {})
+                if isinstance(original, InvalidOperationTypeError):
+                    error = GraphQLError(
+                        f"{original.operation_type.value}s are not allowed here; over WebSocket the legacy "
+                        "graphql-ws protocol carries only subscriptions (use graphql-transport-ws or HTTP)",
+                        nodes=error.nodes,
+                        original_error=original,
+                    )
                 if isinstance(original, DomainError):
                     extensions.update(original.extensions)
                     error = GraphQLError(
@@ -77,6 +98,8 @@ class ErrorMapper(MaskErrors):
                         path=error.path,
                         original_error=original,
                     )
+            if self.hide_suggestions:
+                error.message = _SUGGESTION.sub("", error.message)
             error.extensions = {**extensions, "code": code.value}
             processed.append(error)
         return processed
