@@ -21,7 +21,7 @@ from typing import Protocol
 class AttemptStore(Protocol):
     def get(self, task_id: str) -> int | None: ...
 
-    def set(self, task_id: str, attempt: int) -> None: ...
+    def keep(self, task_id: str, attempt: int) -> None: ...
 
     def forget(self, task_id: str) -> None: ...
 
@@ -35,7 +35,7 @@ class MemoryAttempts:
     def get(self, task_id: str) -> int | None:
         return self._attempts.get(task_id)
 
-    def set(self, task_id: str, attempt: int) -> None:
+    def keep(self, task_id: str, attempt: int) -> None:
         self._attempts[task_id] = attempt
 
     def forget(self, task_id: str) -> None:
@@ -84,7 +84,7 @@ class FileAttempts:
     def get(self, task_id: str) -> int | None:
         return self._read().get(task_id)
 
-    def set(self, task_id: str, attempt: int) -> None:
+    def keep(self, task_id: str, attempt: int) -> None:
         with self._locked() as data:
             data[task_id] = attempt
             self._write(data)

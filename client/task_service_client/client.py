@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,7 +264,7 @@ class TaskServiceClient:
     def _note(self, task: Task) -> Task:
         """Keep the fencing token of a task we hold; drop it once the task has left us."""
         if task.status in _HELD:
-            self.attempts.set(task.id, task.attempt)
+            self.attempts.keep(task.id, task.attempt)
         else:
             self.attempts.forget(task.id)
         return task
@@ -603,7 +603,7 @@ class TaskServiceClient:
         task_id: str | None = None,
         agent: str | None = None,
         on_reconnect: Callable[[], None] | None = None,
-    ) -> AsyncIterator[TaskEvent]:
+    ) -> AsyncGenerator[TaskEvent, None]:
         """Every task event after `after` ("0": all history; None: from now on), then live ones,
         forever. After a lost connection it reconnects with backoff and resumes from the last
         event it yielded, so none is skipped or repeated. `on_reconnect` is called each time.

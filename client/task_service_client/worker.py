@@ -187,7 +187,7 @@ class Worker:
         # this worker that died (our heartbeats would keep their leases alive for ever).
         self._backlog = [t for t in await self.client.my_tasks() if t.status in {"ASSIGNED", "RUNNING"}]
         for task in self._backlog:
-            self.client.attempts.set(task.id, task.attempt)
+            self.client.attempts.keep(task.id, task.attempt)
         self.emit("ready", agent=agent.name, concurrency=options.concurrency, held=[t.id for t in self._backlog])
 
     # -- waiting for work -----------------------------------------------------------------

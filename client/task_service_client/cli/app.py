@@ -94,7 +94,9 @@ class _Parsers:
         )
         self.commands = self.root.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(self, name: str, summary: str, example: str, handler: Callable[..., Any], *, under: Any = None) -> Any:
+    def add(
+        self, name: str, summary: str, example: str, handler: Callable[..., Any] | None, *, under: Any = None
+    ) -> Any:
         parser = (under or self.commands).add_parser(
             name,
             help=summary,
