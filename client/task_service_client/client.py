@@ -248,8 +248,12 @@ class TaskServiceClient:
                 log.info("rate limited; retrying in %.2f s", wait)
                 await asyncio.sleep(wait)
             except _LostRequest as exc:
-                if last or (exc.maybe_applied and not repeatable and before_resend is None):
+                if last:
                     raise TransportFailure(exc.message) from exc
+                if exc.maybe_applied and not repeatable and before_resend is None:
+                    raise TransportFailure(
+                        f"{exc.message}; not resent, since the server may have applied it: check before repeating"
+                    ) from exc
                 lost = lost or exc.maybe_applied
                 wait = self.retry.delay(retry)
                 log.info("%s; retrying in %.2f s", exc.message, wait)

@@ -207,13 +207,23 @@ class Worker:
 
     async def _watch(self) -> None:
         """Wake idle slots when the event log says work may have appeared."""
-        # A reconnect may have skipped nothing (resumption is exact), but slots that went to
-        # sleep while the stream was down deserve a look.
-        async for event in self.client.subscribe_events(
-            project_id=self.options.project_id, on_reconnect=self._bump_soon
-        ):
-            if self._wakes(event):
+        failures = 0
+        while True:
+            try:
+                # A reconnect resumes exactly, but slots that went to sleep while the stream
+                # was down deserve a look.
+                async for event in self.client.subscribe_events(
+                    project_id=self.options.project_id, on_reconnect=self._bump_soon
+                ):
+                    failures = 0
+                    if self._wakes(event):
+                        await self._bump()
+            except TaskServiceError as exc:
+                # Slots still find work by --idle-recheck meanwhile.
+                failures += 1
+                log.warning("event stream failed (%s: %s); waking on timer only for now", exc.code, exc.message)
                 await self._bump()
+                await asyncio.sleep(min(60.0, 2.0**failures))
 
     async def _wait_for_work(self, seen: int) -> None:
         async with self._changed:
