@@ -3,7 +3,9 @@
 RATE_LIMIT ("600/minute", or several separated by ";") is a moving window per caller: an
 agent (by its token), the admin key, or a client address when authentication is off.
 RATE_LIMIT_STORAGE_URL memory:// keeps the counters in this process; redis://host:port
-shares them between replicas, so N processes enforce one budget. When Redis cannot be
+shares them between replicas, so N processes enforce one budget. Counters are named by
+`namespace` (the service derives it from its database), so two deployments sharing one
+Redis never share budgets. When Redis cannot be
 reached the limiter lets requests through and logs it (a limiter outage must not stop
 the team's work); it tries Redis again on the next request.
 """
@@ -24,13 +26,14 @@ KEY_PREFIX = "task-service-rate"
 
 
 class RateLimiter:
-    def __init__(self, limit: str, storage_url: str = "memory://"):
+    def __init__(self, limit: str, storage_url: str = "memory://", *, namespace: str = ""):
         self.items: list[RateLimitItem] = parse_many(limit)
         self.storage_url = storage_url
+        self.namespace = namespace
         self.storage: Storage = (
             MemoryStorage()
             if storage_url.startswith("memory://")
-            else RedisStorage("async+" + storage_url, implementation="redispy", key_prefix=KEY_PREFIX)
+            else RedisStorage("async+" + storage_url, implementation="redispy", key_prefix=f"{KEY_PREFIX}:{namespace}")
         )
         self._limiter = MovingWindowRateLimiter(self.storage)
         self._storage_down = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,7 +43,9 @@ class Services:
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         limit = self.settings.rate_limit
-        self.rate_limiter = RateLimiter(limit, self.settings.rate_limit_storage_url) if limit else None
+        self.rate_limiter = (
+            RateLimiter(limit, self.settings.rate_limit_storage_url, namespace=self._database_key()) if limit else None
+        )
         self.tail = LogTail(self.sessionmaker)
         self.snapshots = TaskSnapshots(self.sessionmaker)
         self.shared_results = SingleFlight(capacity=1024)
@@ -54,6 +57,12 @@ class Services:
             return await compute_stats(self, project_id)
 
         self.stats_hub = StatsHub(self.bus, compute, min_interval=self.settings.stats_min_interval_seconds)
+
+    def _database_key(self) -> str:
+        """A short stable name for the database this service runs on (its host, port and
+        name; never the password)."""
+        url = self.engine.url
+        return hashlib.sha256(f"{url.host}:{url.port}/{url.database}".encode()).hexdigest()[:16]
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -6,6 +6,7 @@ import logging
 import re
 
 from graphql.error import GraphQLError
+from graphql.validation.validate import ValidationAbortedError
 from strawberry.extensions import MaskErrors
 from strawberry.schema.exceptions import InvalidOperationTypeError
 
@@ -13,9 +14,14 @@ from ..errors import DomainError, ErrorCode
 
 log = logging.getLogger("task_service.errors")
 
-# graphql-core's parser refusing a document over MAX_TOKENS (MaxTokensLimiter). Our own
-# limits (schema/limits.py) say QUERY_TOO_COMPLEX in their extensions.
-_TOO_MANY_TOKENS = "Document contains more than"
+# graphql-core's own refusals of documents too big or too deep to handle: more than
+# MAX_TOKENS (MaxTokensLimiter), nesting beyond its parser's reach, and its introspection
+# depth rule. Our own limits (schema/limits.py) say QUERY_TOO_COMPLEX in their extensions.
+_TOO_COMPLEX_MARKERS = (
+    "Document contains more than",
+    "Document is nested too deeply",
+    "Maximum introspection depth exceeded",
+)
 _SUGGESTION = re.compile(r" Did you mean .*\?$")
 
 
@@ -23,12 +29,14 @@ def error_code(error: GraphQLError) -> ErrorCode:
     original = error.original_error
     if isinstance(original, DomainError):
         return original.code
+    if isinstance(error, ValidationAbortedError):
+        return ErrorCode.QUERY_TOO_COMPLEX  # graphql-core gave up: too many errors or comparisons
     if original is None:
         # Parse, validation and variable-coercion errors: the request itself is wrong.
         declared = (error.extensions or {}).get("code")
         if declared in ErrorCode.__members__:
             return ErrorCode(declared)
-        if _TOO_MANY_TOKENS in error.message:
+        if any(marker in error.message for marker in _TOO_COMPLEX_MARKERS):
             return ErrorCode.QUERY_TOO_COMPLEX
         return ErrorCode.BAD_USER_INPUT
     if isinstance(original, InvalidOperationTypeError):
@@ -70,12 +78,16 @@ class ErrorMapper(MaskErrors):
                 continue
             seen.add(key)
             code = error_code(error)
-            if code is ErrorCode.INTERNAL:
-                log.error(
-                    "unexpected error in %s",
-                    ".".join(map(str, error.path or [])) or "operation",
-                    exc_info=error.original_error or error,
+            if code is ErrorCode.INTERNAL and _is_statement_timeout(error.original_error):
+                log.warning("a statement ran past STATEMENT_TIMEOUT_SECONDS in %s", _where(error))
+                error = GraphQLError(
+                    "the database did not answer within STATEMENT_TIMEOUT_SECONDS; nothing was changed, try again",
+                    nodes=error.nodes,
+                    path=error.path,
                 )
+                extensions = {}
+            elif code is ErrorCode.INTERNAL:
+                log.error("unexpected error in %s", _where(error), exc_info=error.original_error or error)
                 error = self.anonymise_error(error)
                 extensions = {}
             else:
@@ -98,8 +110,33 @@ class ErrorMapper(MaskErrors):
                         path=error.path,
                         original_error=original,
                     )
+            if isinstance(error, ValidationAbortedError):
+                error.message = (
+                    "the document is too large or repetitive to validate (repeated fields, fragments, "
+                    "or too many errors); simplify it"
+                )
             if self.hide_suggestions:
                 error.message = _SUGGESTION.sub("", error.message)
             error.extensions = {**extensions, "code": code.value}
             processed.append(error)
-        return processed
+        return _complexity_first(processed)
+
+
+def _where(error: GraphQLError) -> str:
+    return ".".join(map(str, error.path or [])) or "operation"
+
+
+def _is_statement_timeout(original: BaseException | None) -> bool:
+    """PostgreSQL cancelled a statement at statement_timeout (SQLSTATE 57014)."""
+    while original is not None:
+        if getattr(original, "sqlstate", None) == "57014":
+            return True
+        original = getattr(original, "orig", None) or original.__cause__
+    return False
+
+
+def _complexity_first(errors: list[GraphQLError]) -> list[GraphQLError]:
+    """A document refused as too complex gets that one reason, not a page of validation
+    errors that its size also caused."""
+    too_complex = [e for e in errors if (e.extensions or {}).get("code") == ErrorCode.QUERY_TOO_COMPLEX.value]
+    return too_complex[:1] if too_complex and all(e.path is None for e in errors) else errors

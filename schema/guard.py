@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from graphql import FieldNode, OperationDefinitionNode
+from graphql import ExecutionResult, FieldNode, GraphQLError, OperationDefinitionNode
 from starlette.responses import Response
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
@@ -31,9 +31,14 @@ class MutationRateLimit(SchemaExtension):
                 if isinstance(context.response, Response):
                     context.response.status_code = 429
                     context.response.headers["Retry-After"] = str(wait)
-                raise RateLimited(
+                refusal = RateLimited(
                     f"too many mutations from this caller ({limiter.description}, RATE_LIMIT); retry in {wait} s",
                     retry_after=wait,
+                )
+                # A result set here replaces the execution, and the error still goes through
+                # the error mapping (an exception would skip it).
+                execution.result = ExecutionResult(
+                    data=None, errors=[GraphQLError(refusal.message, original_error=refusal)]
                 )
         yield
 
