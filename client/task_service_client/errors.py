@@ -126,12 +126,7 @@ def from_graphql(errors: list[dict[str, Any]] | None) -> TaskServiceError:
     if not isinstance(first, dict):
         return InternalError(str(first))
     extensions = first.get("extensions") or {}
-    code = extensions.get("code")
-    if code is None and "retryAfter" in extensions:
-        # A refusal that says when to come back is a rate limit even when it lacks its code
-        # (the service's HTTP 429 answers did, at its security commit 4a15dd3).
-        code = "RATE_LIMITED"
-    code = str(code or "INTERNAL")
+    code = str(extensions.get("code") or "INTERNAL")
     message = str(first.get("message") or code)
     cls = ERRORS_BY_CODE.get(code, TaskServiceError)
     return cls(message, code=code, extensions=extensions)
