@@ -517,8 +517,24 @@ class TestLiveBoard:
             )
             await step(gql, SUBMIT, id=task["id"], a="agent-40")
             times["submitted"] = await card_in(page, task["id"], "REVIEWING")
+            await until(
+                page,
+                "id => document.querySelector('#feed .event')?.querySelector('[data-task]').dataset.task === id",
+                task["id"],
+                what="the submission on top of the feed",
+            )
+            # The feed is paused for the last step: the board moves on, the feed holds it back.
+            await page.click("#feed-pause")
             await step(gql, APPROVE, id=task["id"], r="agent-41")
             times["approved"] = await card_in(page, task["id"], "COMPLETED")
+            await until(
+                page,
+                "() => document.getElementById('feed-pause').textContent === 'Resume (1 new)'",
+                what="the paused feed counting the held event",
+            )
+            assert await page.get_attribute("#feed .event", "data-type") == "SUBMITTED"
+            await page.click("#feed-pause")
+            assert await page.get_attribute("#feed .event", "data-type") == "APPROVED"
             record("lifecycle_step_to_card_seconds", {name: round(value, 3) for name, value in times.items()})
             feed = await page.locator(f'#feed .event:has([data-task="{task["id"]}"])').evaluate_all(
                 "items => items.map(item => item.dataset.type)"
