@@ -333,3 +333,14 @@ class TestStatementTimeout:
             server, admin_headers(), "mutation($a: String) { heartbeat(agent: $a) { name } }", {"a": name}
         )
         assert after.ok, after
+
+
+class TestOperationsOverHTTP:
+    async def test_a_subscription_over_http_points_to_the_websocket(self, server: Server) -> None:
+        message = refusal(
+            await post(server, json.dumps({"query": "subscription { taskEvents { id } }"})), 400, "BAD_USER_INPUT"
+        )
+        assert "WebSocket" in message
+
+    async def test_a_body_without_a_query(self, server: Server) -> None:
+        refusal(await post(server, json.dumps({"variables": {}})), 400, "BAD_USER_INPUT")
