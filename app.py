@@ -193,6 +193,9 @@ class SecurityHeaders:
                     headers.append(name.decode(), value.decode())
                 if headers.get("content-type", "").startswith("text/html"):
                     headers.append("content-security-policy", CONTENT_SECURITY_POLICY)
+                if scope["path"].startswith("/dashboard/") and "cache-control" not in headers:
+                    # Revalidate (ETag) on every load: after an upgrade no browser keeps old JS.
+                    headers.append("cache-control", "no-cache")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

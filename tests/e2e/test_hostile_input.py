@@ -289,6 +289,13 @@ class TestHeaders:
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert "content-security-policy" not in api.headers
 
+    async def test_dashboard_files_are_revalidated(self, server: Server) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10, trust_env=False) as http:
+            page = await http.get("/dashboard/")
+        assert page.status_code == 200
+        assert page.headers["cache-control"] == "no-cache"
+        assert "etag" in page.headers
+
     async def test_cors_only_for_configured_origins(self, server: Server) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=10, trust_env=False) as http:
             ok = await http.options(
