@@ -26,6 +26,8 @@ from typing import Any
 
 from broadcaster import Broadcast
 
+from ..observability.logs import FailureLog
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "task_service"
@@ -152,6 +154,7 @@ class EventBus:
                 continue
             log.warning("event bus: lost the listener connection; reconnecting")
             await self._disconnect()
+            failures = FailureLog(log, "event bus reconnect")
             while True:
                 try:
                     await self._connect()
@@ -161,7 +164,7 @@ class EventBus:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("event bus: reconnect failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                    failures.failed(f"{type(exc).__name__}; retrying with backoff up to 10 s")
                     await self._disconnect()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)

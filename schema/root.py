@@ -31,6 +31,7 @@ from ..settings import Settings
 from .agents import AgentPresenceEvent
 from .enums import ErrorCode
 from .errors import ErrorMapper, error_code
+from .observe import RequestObserver
 from .shared_results import SharingExecutionContext
 
 Query = merge_types("Query", (TaskQuery, ProjectQuery, AgentQuery, StatsQuery))
@@ -69,6 +70,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
     ]
     extensions: list[Any] = [
+        RequestObserver,  # first, so it sees the errors with their codes
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: AddValidationRules(limits),
         lambda: DocumentCache(maxsize=DOCUMENT_CACHE_SIZE),
