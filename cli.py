@@ -356,6 +356,7 @@ def _migrate(settings: Settings, *, revision: str = "head", convert_v1: bool) ->
         max_concurrent_tasks=settings.max_concurrent_tasks_per_agent,
         default_max_attempts=settings.default_max_attempts,
         default_timeout_minutes=settings.default_task_timeout_minutes,
+        soft_delete_retention_days=settings.soft_delete_retention_days,
     )
     with _database_errors(settings.database_url):
         return asyncio.run(

@@ -66,6 +66,7 @@ class V1Defaults:
     max_concurrent_tasks: int = 3
     default_max_attempts: int = 4
     default_timeout_minutes: int = 120
+    soft_delete_retention_days: float = 30
 
 
 _DETECT = """
@@ -106,7 +107,7 @@ def convert(connection: Connection, upgrade_to: Callable[[str], None], defaults:
     projects = sql.run(_PROJECTS).rowcount
     report += _findings(sql, "SELECT id, name FROM v1_projects WHERE length(name) > 100 ORDER BY id", _long_name)
     agents = sql.run(_AGENTS, params).rowcount
-    sql.run(_SET_SEQUENCE.format(table="agents"))
+    _continue_ids(sql, "agents", "v1_agents")
     created = [row.name for row in sql.run(_MISSING_AGENTS, params)]
     report += _limited([f"created agent '{name}': an assignee missing from v1's agents" for name in created])
     sql.run(_TASK_TYPES, params)
@@ -123,9 +124,16 @@ def convert(connection: Connection, upgrade_to: Callable[[str], None], defaults:
     orphans = sql.run(_ORPHAN_LOGS).scalar_one()
     if orphans:
         report.append(f"skipped {orphans} log entries of tasks that no longer exist")
-    for table in ("projects", "tasks", "task_events"):
-        sql.run(_SET_SEQUENCE.format(table=table))
+    for table, v1_table in (("projects", "v1_projects"), ("tasks", "v1_tasks"), ("task_events", "v1_task_logs")):
+        _continue_ids(sql, table, v1_table)
     deleted = sql.run("SELECT count(*) FROM tasks WHERE deleted_at IS NOT NULL").scalar_one()
+    expired = sql.run(_EXPIRED_DELETIONS, {"days": defaults.soft_delete_retention_days}).scalar_one()
+    if expired:
+        report.append(
+            f"{expired} rows were soft-deleted more than SOFT_DELETE_RETENTION_DAYS "
+            f"({defaults.soft_delete_retention_days:g}) ago: the reaper erases them at its first pass "
+            "(they stay in the v1_* tables)"
+        )
     summary = (
         f"converted the v1 database: {projects} projects, {tasks} tasks ({deleted} soft-deleted), "
         f"{dependencies} dependencies, {events} log entries as task events, {agents + len(created)} agents; "
@@ -169,6 +177,17 @@ def _rename_v1_tables(sql: _Runner) -> list[str]:
     return renamed
 
 
+def _continue_ids(sql: _Runner, table: str, v1_table: str) -> None:
+    """New ids start after the highest v1 ever handed out (rows deleted in v1 included)."""
+    v1_sequence = sql.run("SELECT pg_get_serial_sequence(:t, 'id')", {"t": v1_table}).scalar()
+    last = 0
+    if v1_sequence is not None:
+        last = sql.run(
+            f"SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {v1_sequence}"
+        ).scalar()
+    sql.run(_SET_SEQUENCE.format(table=table), {"last": last})
+
+
 def _check_statuses(sql: _Runner) -> None:
     bad = sql.run(
         "SELECT id, status FROM v1_tasks WHERE status IS NULL OR lower(status) <> ALL(:known) ORDER BY id LIMIT 5",
@@ -197,7 +216,7 @@ def _long_name(row: Any) -> str:
 
 
 def _requeued(row: Any) -> str:
-    return f"task {row.id} was {row.status} with no known agent ({row.assignee_agent!r}): back to PENDING"
+    return f"task {row.id} was {row.status} without an assignee: back to PENDING"
 
 
 def _rejected(row: Any) -> str:
@@ -234,7 +253,8 @@ _OWNED_SEQUENCES = """
 """
 
 _SET_SEQUENCE = """
-    SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false) FROM {table}
+    SELECT setval(pg_get_serial_sequence('{table}', 'id'), greatest(coalesce(max(id), 0), :last) + 1, false)
+    FROM {table}
 """
 
 _UTC = "AT TIME ZONE 'UTC'"
@@ -257,7 +277,7 @@ _JSON_LIST = """(SELECT coalesce(jsonb_agg(item ORDER BY n), '[]'::jsonb)
 _AGENTS = f"""
     INSERT INTO agents (id, name, role, skills, capabilities, status, max_concurrent_tasks, last_heartbeat_at,
                         registered_at, deleted_at, token_hash, claimed_count, completed_count, failed_count)
-    SELECT id, name, left(role, 100), {_JSON_LIST.format(column="skills")}, capabilities, 'OFFLINE', :max_tasks,
+    SELECT id, name, left(role, 100), {_JSON_LIST.format(column="skills")}, capabilities, 'OFFLINE', CAST(:max_tasks AS integer),
            last_heartbeat {_UTC}, coalesce(created_at {_UTC}, now()), deleted_at {_UTC}, NULL,
            coalesce(total_tasks, 0), coalesce(completed_tasks, 0), coalesce(failed_tasks, 0)
     FROM v1_agents
@@ -266,7 +286,7 @@ _AGENTS = f"""
 _MISSING_AGENTS = """
     INSERT INTO agents (name, skills, status, max_concurrent_tasks, registered_at,
                         claimed_count, completed_count, failed_count)
-    SELECT DISTINCT t.assignee_agent, '[]'::jsonb, 'OFFLINE', :max_tasks, now(), 0, 0, 0
+    SELECT DISTINCT t.assignee_agent, '[]'::jsonb, 'OFFLINE', CAST(:max_tasks AS integer), now(), 0, 0, 0
     FROM v1_tasks t
     WHERE coalesce(t.assignee_agent, '') <> ''
       AND NOT EXISTS (SELECT 1 FROM v1_agents a WHERE a.name = t.assignee_agent)
@@ -277,8 +297,8 @@ _MISSING_AGENTS = """
 _TASK_TYPES = """
     INSERT INTO task_type_defaults (task_type, timeout_minutes, max_attempts, priority)
     SELECT left(v.task_type, 100),
-           coalesce(v.timeout_minutes, d.timeout_minutes, :timeout),
-           coalesce(v.max_retries + 1, d.max_attempts, :max_attempts),
+           coalesce(v.timeout_minutes, d.timeout_minutes, CAST(:timeout AS integer)),
+           coalesce(v.max_retries + 1, d.max_attempts, CAST(:max_attempts AS integer)),
            greatest(1, least(10, coalesce(v.priority, d.priority, 5)))
     FROM v1_task_type_defaults v LEFT JOIN task_type_defaults d ON d.task_type = v.task_type
     ON CONFLICT (task_type) DO UPDATE SET timeout_minutes = excluded.timeout_minutes,
@@ -301,7 +321,7 @@ _V1_TASKS = """
                WHEN 'cancelled' THEN coalesce(t.retry_count, 0) + (t.assigned_at IS NOT NULL)::int
                ELSE coalesce(t.retry_count, 0) + 1
            END AS attempt,
-           greatest(coalesce(t.max_retries + 1, d.max_attempts, :max_attempts), 1) AS max_attempts,
+           greatest(coalesce(t.max_retries + 1, d.max_attempts, CAST(:max_attempts AS integer)), 1) AS max_attempts,
            r.name AS reviewer_name
     FROM v1_tasks t
     LEFT JOIN agents a ON a.name = t.assignee_agent
@@ -327,7 +347,7 @@ _TASKS = f"""
     SELECT id, project_id, parent_task_id, coalesce(title, '(untitled)'), description,
            left(coalesce(nullif(task_type, ''), 'general'), 100), new_status,
            greatest(1, least(10, coalesce(priority, 5))), {_JSON_LIST.format(column="task_tags")}, '[]'::jsonb,
-           :skill_set, CASE WHEN new_status = 'PENDING' THEN NULL ELSE agent_id END, reviewer_name,
+           CAST(:skill_set AS bigint), CASE WHEN new_status = 'PENDING' THEN NULL ELSE agent_id END, reviewer_name,
            acceptance_criteria, true, attempt, max_attempts, 0, result, feedback,
            CASE WHEN v1_status = 'rejected' AND new_status = 'FAILED'
                 THEN rtrim('rejected on the last attempt (' || attempt || '/' || max_attempts || '): '
@@ -335,15 +355,14 @@ _TASKS = f"""
            estimated_hours, timeout_minutes, left(created_by, 100),
            coalesce(created_at {_UTC}, now()), coalesce(updated_at {_UTC}, created_at {_UTC}, now()),
            assigned_at {_UTC}, started_at {_UTC}, completed_at {_UTC}, due_at {_UTC},
-           CASE WHEN new_status IN ('ASSIGNED', 'RUNNING') THEN now() + make_interval(secs => :lease) END,
+           CASE WHEN new_status IN ('ASSIGNED', 'RUNNING') THEN now() + make_interval(secs => CAST(:lease AS float8)) END,
            deleted_at {_UTC}
     FROM mapped
 """
 
 _UNASSIGNED_ACTIVE = """
-    SELECT t.id, upper(t.status) AS status, t.assignee_agent FROM v1_tasks t
-    WHERE lower(t.status) IN ('assigned', 'running')
-      AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.name = t.assignee_agent)
+    SELECT t.id, upper(t.status) AS status FROM v1_tasks t
+    WHERE lower(t.status) IN ('assigned', 'running') AND coalesce(t.assignee_agent, '') = ''
     ORDER BY t.id
 """
 
@@ -391,3 +410,9 @@ _EVENTS = f"""
 """
 
 _ORPHAN_LOGS = "SELECT count(*) FROM v1_task_logs l WHERE NOT EXISTS (SELECT 1 FROM v1_tasks t WHERE t.id = l.task_id)"
+
+_EXPIRED_DELETIONS = """
+    SELECT (SELECT count(*) FROM projects WHERE deleted_at < now() - CAST(:days AS float8) * interval '1 day')
+         + (SELECT count(*) FROM tasks WHERE deleted_at < now() - CAST(:days AS float8) * interval '1 day')
+         + (SELECT count(*) FROM agents WHERE deleted_at < now() - CAST(:days AS float8) * interval '1 day')
+"""

@@ -19,7 +19,7 @@ requests_log = logging.getLogger("task_service.requests")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Loggers that install their own handlers or levels; they are made to use ours.
-_ADOPTED = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "alembic")
+_ADOPTED = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
 class _RequestIdFilter(logging.Filter):
@@ -44,7 +44,8 @@ def json_formatter() -> logging.Formatter:
 def configure_logging(level: str, log_format: str) -> None:
     """Send every logger's records at `level` or above to stderr as text or JSON lines.
 
-    SQLAlchemy's statement echo stays off: it logs every SQL statement at INFO.
+    SQLAlchemy's statement echo stays off (it logs every SQL statement at INFO), and so does
+    Alembic's narration below WARNING.
     """
     handler = _Handler(sys.stderr)
     handler.setFormatter(json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
@@ -59,7 +60,10 @@ def configure_logging(level: str, log_format: str) -> None:
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
-    logging.getLogger("sqlalchemy.engine").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    quiet = max(logging.WARNING, logging.getLevelName(level))
+    logging.getLogger("sqlalchemy.engine").setLevel(quiet)
+    # Alembic narrates every step at INFO; `task-service migrate` prints its own result line.
+    logging.getLogger("alembic").setLevel(quiet)
 
 
 def log_request(
