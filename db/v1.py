@@ -277,8 +277,9 @@ _JSON_LIST = """(SELECT coalesce(jsonb_agg(item ORDER BY n), '[]'::jsonb)
 _AGENTS = f"""
     INSERT INTO agents (id, name, role, skills, capabilities, status, max_concurrent_tasks, last_heartbeat_at,
                         registered_at, deleted_at, token_hash, claimed_count, completed_count, failed_count)
-    SELECT id, name, left(role, 100), {_JSON_LIST.format(column="skills")}, capabilities, 'OFFLINE', CAST(:max_tasks AS integer),
-           last_heartbeat {_UTC}, coalesce(created_at {_UTC}, now()), deleted_at {_UTC}, NULL,
+    SELECT id, name, left(role, 100), {_JSON_LIST.format(column="skills")}, capabilities, 'OFFLINE',
+           CAST(:max_tasks AS integer), last_heartbeat {_UTC}, coalesce(created_at {_UTC}, now()),
+           deleted_at {_UTC}, NULL,
            coalesce(total_tasks, 0), coalesce(completed_tasks, 0), coalesce(failed_tasks, 0)
     FROM v1_agents
 """
@@ -355,7 +356,8 @@ _TASKS = f"""
            estimated_hours, timeout_minutes, left(created_by, 100),
            coalesce(created_at {_UTC}, now()), coalesce(updated_at {_UTC}, created_at {_UTC}, now()),
            assigned_at {_UTC}, started_at {_UTC}, completed_at {_UTC}, due_at {_UTC},
-           CASE WHEN new_status IN ('ASSIGNED', 'RUNNING') THEN now() + make_interval(secs => CAST(:lease AS float8)) END,
+           CASE WHEN new_status IN ('ASSIGNED', 'RUNNING')
+                THEN now() + make_interval(secs => CAST(:lease AS float8)) END,
            deleted_at {_UTC}
     FROM mapped
 """
