@@ -41,9 +41,9 @@ class RequestObserver(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         context = self.execution_context.context
         rid = _new_request_id(context)
-        response = getattr(context, "response", None)
-        if response is not None and hasattr(response, "headers"):
-            response.headers["X-Request-ID"] = rid
+        headers = getattr(getattr(context, "response", None), "headers", None)
+        if hasattr(type(headers), "__setitem__"):  # an HTTP response (a WebSocket's are fixed)
+            headers["X-Request-ID"] = rid  # type: ignore[index]
         token = request_id.set(rid)
         started = time.perf_counter()
         try:
