@@ -7,6 +7,7 @@ live numbers are the subscription gauges and counters (resolvers/subscriptions.p
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -51,7 +52,9 @@ class RequestObserver(SchemaExtension):
         finally:
             seconds = time.perf_counter() - started
             self._record(context, seconds)
-            request_id.reset(token)
+            # A subscription may be closed from another task, whose context never had it set.
+            with contextlib.suppress(ValueError):
+                request_id.reset(token)
 
     def _record(self, context: Any, seconds: float) -> None:
         execution = self.execution_context
