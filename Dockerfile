@@ -9,7 +9,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY requirements.lock ./
-RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r requirements.lock
 COPY . .
 RUN /opt/venv/bin/pip install --no-deps .
 
