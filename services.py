@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from .events.snapshots import TaskSnapshots
 from .events.stats_hub import StatsHub
 from .events.tail import LogTail
 from .observability.metrics import Metrics, PoolUsage, Snapshot
+from .ratelimit import RateLimiter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,9 +42,14 @@ class Services:
     snapshots: TaskSnapshots = field(init=False)
     shared_results: SingleFlight[Any] = field(init=False)
     is_sqlite: bool = field(init=False)
+    rate_limiter: RateLimiter | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        limit = self.settings.rate_limit
+        self.rate_limiter = (
+            RateLimiter(limit, self.settings.rate_limit_storage_url, namespace=self._database_key()) if limit else None
+        )
         self.tail = LogTail(self.sessionmaker)
         self.snapshots = TaskSnapshots(self.sessionmaker)
         self.shared_results = SingleFlight(capacity=1024)
@@ -55,12 +62,19 @@ class Services:
 
         self.stats_hub = StatsHub(self.bus, compute, min_interval=self.settings.stats_min_interval_seconds)
 
+    def _database_key(self) -> str:
+        """A short stable name for the database this service runs on (its host, port and
+        name; never the password)."""
+        url = self.engine.url
+        return hashlib.sha256(f"{url.host}:{url.port}/{url.database}".encode()).hexdigest()[:16]
+
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
         engine = create_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
+            statement_timeout_seconds=settings.statement_timeout_seconds,
         )
         bus = EventBus(settings.effective_broadcast_url)
         return cls(settings, engine, create_sessionmaker(engine), bus, metrics or Metrics())

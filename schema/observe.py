@@ -24,9 +24,14 @@ _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def request_caller(context: Any) -> str:
-    """Who made the request, for the request log; the one place that says it."""
+    """Who made the request, for the request log (never a credential): `agent:<name>` for an
+    agent token, else the role (`admin`, `open`, `anonymous`)."""
     caller = getattr(context, "caller", None)
-    return caller() if callable(caller) else "unknown"
+    if caller is None:
+        return "unknown"
+    if caller.agent_name is not None:
+        return f"agent:{caller.agent_name}"
+    return str(caller.role.value)
 
 
 def _new_request_id(context: Any) -> str:

@@ -53,7 +53,7 @@ def compose(**env: str) -> dict[str, Any]:
     return interpolate(yaml.safe_load(COMPOSE.read_text()), env)
 
 
-SECRETS = {"DB_PASSWORD": "s3cretpw", "API_KEY": "k3y"}
+SECRETS = {"DB_PASSWORD": "s3cretpw", "API_KEY": "an-admin-key-of-32-characters-00"}
 
 
 def k8s() -> dict[str, dict[str, Any]]:
@@ -86,7 +86,7 @@ class TestCompose:
         services = compose(**SECRETS)["services"]
         assert services["db"]["environment"]["POSTGRES_PASSWORD"] == "s3cretpw"
         assert services["app"]["environment"]["DATABASE_URL"] == "postgresql://taskservice:s3cretpw@db:5432/taskservice"
-        assert services["app"]["environment"]["API_KEY"] == "k3y"
+        assert services["app"]["environment"]["API_KEY"] == SECRETS["API_KEY"]
 
     def test_the_database_is_private_persistent_and_checked(self) -> None:
         spec = compose(**SECRETS)

@@ -51,7 +51,7 @@ class TestJsonLogs:
             assert hello["request_id"] == "req-123"
             assert hello["operation"] == "Hello"
             assert hello["operation_type"] == "query"
-            assert hello["caller"] == "anonymous"
+            assert hello["caller"] == "open"  # API_KEY unset
             assert hello["outcome"] == "ok"
             assert hello["duration_ms"] > 0
             assert hello["client"] == "127.0.0.1"
