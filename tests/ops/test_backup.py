@@ -25,7 +25,7 @@ DAY = 24 * 3600
 SNAPSHOT = """
 {
   projects(includeDeleted: true) { id name description status createdAt updatedAt deletedAt }
-  tasks(filter: {includeDeleted: true}, first: 100) {
+  tasks(filter: {includeDeleted: true}, first: 10) {
     nodes {
       id title status priority tags requiredSkills attempt maxAttempts assignee { name } result summary
       feedback ready dependencies { id } blockedBy { id } createdAt updatedAt assignedAt startedAt
@@ -35,7 +35,7 @@ SNAPSHOT = """
   agents(includeDeleted: true) {
     id name skills status lastHeartbeatAt registeredAt stats { totalTasks completedTasks }
   }
-  events(after: "0", first: 500) { id taskId type createdAt data }
+  events(after: "0", first: 50) { id taskId type createdAt data }
   dashboardStats { tasks { total pending ready completed } }
 }
 """

@@ -87,3 +87,29 @@ class TestLogLevel:
             await server.stop()
 
             assert log_lines(server) == []
+
+
+class TestCallers:
+    async def test_an_agent_is_logged_by_name_never_by_credential(self, tmp_path: Path) -> None:
+        key = "logging-test-admin-key-0123456789"
+        async with (
+            fresh_pg_database("ts_ops") as url,
+            running_server(url, tmp_path, API_KEY=key, LOG_FORMAT="json") as server,
+        ):
+            registered = await post(
+                server,
+                'mutation Join { registerAgent(input: {name: "w1"}) { token } }',
+                **{"X-API-Key": key},
+            )
+            token = registered.json()["data"]["registerAgent"]["token"]
+            await post(server, "mutation Beat { heartbeat { name } }", Authorization=f"Bearer {token}")
+
+            async def both_logged() -> bool:
+                return len(request_records(server)) >= 2
+
+            await wait_for(both_logged, what="two request log lines", server=server)
+            callers = {r["operation"]: r["caller"] for r in request_records(server)}
+            assert callers == {"Join": "admin", "Beat": "agent:w1"}
+            text = "\n".join(log_lines(server))
+            assert key not in text
+            assert token not in text

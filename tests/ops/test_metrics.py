@@ -119,3 +119,22 @@ class TestOperationLabels:
         assert metrics.operation_label("Op99999") == "other"
         assert metrics.operation_label(None) == "anonymous"
         assert Metrics().operation_label('bad"name') == "other"
+
+
+class TestCredential:
+    async def test_metrics_need_a_credential_when_api_key_is_set(
+        self, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        key = "metrics-test-admin-key-0123456789"
+        async with (
+            fresh_pg_database("ts_ops") as url,
+            running_server(url, tmp_path_factory.mktemp("metrics_key"), API_KEY=key) as server,
+            httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as http,
+        ):
+            refused = await http.get("/metrics")
+            allowed = await http.get("/metrics", headers={"X-API-Key": key})
+
+        assert refused.status_code == 401
+        assert "task_service" not in refused.text
+        assert allowed.status_code == 200
+        assert "task_service_graphql_requests_total" in allowed.text
