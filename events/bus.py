@@ -26,8 +26,6 @@ from typing import Any
 
 from broadcaster import Broadcast
 
-from ..observability.logs import FailureLog
-
 log = logging.getLogger(__name__)
 
 CHANNEL = "task_service"
@@ -154,7 +152,6 @@ class EventBus:
                 continue
             log.warning("event bus: lost the listener connection; reconnecting")
             await self._disconnect()
-            failures = FailureLog(log, "event bus reconnect")
             while True:
                 try:
                     await self._connect()
@@ -164,7 +161,7 @@ class EventBus:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    failures.failed(f"{type(exc).__name__}; retrying with backoff up to 10 s")
+                    log.warning("event bus: reconnect failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                     await self._disconnect()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
