@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
@@ -22,8 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import __version__
-from .db.migrate import upgrade_to_head
+from .db.health import NOT_MIGRATED, UNREACHABLE, problem, schema_revision
+from .db.migrate import head_revision, upgrade_to_head
 from .errors import DomainError, ErrorCode
+from .observability.logs import configure_logging
+from .observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .observability.metrics import Metrics
 from .reaper import Reaper
 from .resolvers.auth import authenticate, header_credentials
 from .resolvers.stats import dashboard_stats_json
@@ -41,12 +44,19 @@ def create_app(settings: Settings) -> Starlette:
     graphql = GraphQLApp(schema, settings=settings)
     started = time.monotonic()
 
+    metrics = Metrics(__version__)
+    head = head_revision()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.auto_migrate:
-            await upgrade_to_head(settings.database_url)
-        services = Services.build(settings)
+            try:
+                await upgrade_to_head(settings.database_url)
+            except Exception as exc:  # reported once here, then by /health until fixed
+                log.error("cannot migrate the database: %s", problem(exc) or exc)
+        services = Services.build(settings, metrics)
         await services.start()
+        await _report_schema(services, head)
         reaper = Reaper(services)
         reaper.start()
         app.state.services = services
@@ -81,13 +91,25 @@ def create_app(settings: Settings) -> Starlette:
             },
             "tasks": len(asyncio.all_tasks()),
         }
+        reasons = []
         try:
             async with services.read() as session:
-                await session.execute(text("SELECT 1"))
-        except Exception as exc:  # any failure to reach the database is "unavailable"
-            log.warning("health check: database unreachable: %s", type(exc).__name__)
-            body["database"] = "unreachable"
+                revision = await schema_revision(session)
+        except Exception as exc:  # any failure to read the database makes the service unavailable
+            reason = problem(exc) or f"database error ({type(exc).__name__})"
+            body["database"] = "unreachable" if reason == UNREACHABLE else "error"
+            reasons.append(reason)
+        else:
+            if revision != head:
+                body["database"] = "not migrated"
+                reasons.append(
+                    f"{NOT_MIGRATED} (at {revision or 'no revision'}, needs {head}): run `task-service migrate`"
+                )
+        if not services.bus.connected:
+            reasons.append("event bus down")
+        if reasons:
             body["status"] = "unavailable"
+            body["reason"] = "; ".join(reasons)
             return JSONResponse(body, status_code=503)
         body["status"] = "ok"
         return JSONResponse(body)
@@ -108,12 +130,20 @@ def create_app(settings: Settings) -> Starlette:
             status = 404 if exc.code is ErrorCode.NOT_FOUND else 400
             return JSONResponse({"error": exc.message, "code": exc.code.value}, status_code=status)
 
+    async def prometheus(request: Request) -> Response:
+        if (refusal := await require_credential(request)) is not None:
+            return refusal
+        services: Services = request.app.state.services
+        snapshot = await services.metrics_snapshot()
+        return Response(services.metrics.render(snapshot), media_type=METRICS_CONTENT_TYPE)
+
     routes = [
         Route("/", root),
         Route("/health", health),
         Route("/docs", docs),
         Route("/schema.graphql", schema_sdl),
         Route("/dashboard/stats", stats),
+        Route("/metrics", prometheus),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
         # After /dashboard/stats: the mount takes every other path under /dashboard/.
@@ -136,6 +166,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.schema = schema
+    app.state.metrics = metrics
     return app
 
 
@@ -201,8 +232,27 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def _report_schema(services: Services, head: str) -> None:
+    """One line at startup when the database cannot serve yet (/health keeps saying why)."""
+    try:
+        async with services.read() as session:
+            revision = await schema_revision(session)
+    except Exception as exc:
+        log.error("database: %s; /health answers 503 until it is back", problem(exc) or exc)
+        return
+    if revision != head:
+        log.error(
+            "database is not migrated (at %s, needs %s): run `task-service migrate`; /health answers 503 until then",
+            revision or "no revision",
+            head,
+        )
+
+
 def create_app_from_env() -> Starlette:
-    """uvicorn factory (`task_service.app:create_app_from_env`): settings from the environment."""
+    """uvicorn factory (`task_service.app:create_app_from_env`): settings from the environment,
+    and logging set up from them in each worker process."""
     from .settings import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format.value)
+    return create_app(settings)

@@ -93,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings() -> Settings:
+    """The settings, with logging configured from them (LOG_LEVEL, LOG_FORMAT)."""
+    from .observability.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format.value)
+    return settings
+
+
 def serve_command(args: argparse.Namespace) -> int:
     # Worker processes (and the reloader) build their own Settings from the environment
     # through create_app_from_env, so the flags go into the environment, not just into ours.
@@ -100,7 +109,7 @@ def serve_command(args: argparse.Namespace) -> int:
         os.environ["HOST"] = args.host
     if args.port is not None:
         os.environ["PORT"] = str(args.port)
-    settings = load_settings()
+    settings = _settings()
     workers: int = args.workers
     if workers > 1 and settings.effective_broadcast_url.startswith("memory://"):
         raise CommandError(
@@ -110,11 +119,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    if settings.auto_migrate:
-        _migrate_to_head(settings)
-        # The app's lifespan migrates too when AUTO_MIGRATE is on. We have just done it once,
-        # here; N workers each running Alembic at startup would race on the version table.
-        os.environ["AUTO_MIGRATE"] = "false"
+    _prepare_database(settings)
+    # The app's lifespan migrates too when AUTO_MIGRATE is on. It has just been done once,
+    # here; N workers need not each take the migration lock at startup.
+    os.environ["AUTO_MIGRATE"] = "false"
 
     graphiql = f"{_url(_browsable(settings.host), settings.port)}/graphql"
     auth = "API key required" if settings.auth_enabled else "open: API_KEY not set"
@@ -131,6 +139,7 @@ def serve_command(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=workers,
         reload=args.reload,
+        log_config=None,  # logging is ours (LOG_LEVEL, LOG_FORMAT), set up in every worker
         log_level=settings.log_level.lower(),
         # The app reads X-Forwarded-For itself, only from TRUSTED_PROXIES (app.py); uvicorn's
         # own handling would trust 127.0.0.1 by default.
@@ -141,16 +150,9 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def migrate_command(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    if args.revision == "head":
-        _migrate_to_head(settings)
-    else:
-        from alembic import command
-
-        from .db.migrate import alembic_config
-
-        with _database_errors(settings.database_url):
-            command.upgrade(alembic_config(settings.database_url), args.revision)
+    settings = _settings()
+    for line in _migrate(settings, revision=args.revision, convert_v1=True):
+        print(line)
     print(f"migrated {_masked(settings.database_url)} to {args.revision}")
     return 0
 
@@ -158,7 +160,7 @@ def migrate_command(args: argparse.Namespace) -> int:
 def export_schema_command(args: argparse.Namespace) -> int:
     from .schema.root import build_schema
 
-    sdl = build_schema(load_settings()).as_str() + "\n"
+    sdl = build_schema(_settings()).as_str() + "\n"
     if args.output is None:
         sys.stdout.write(sdl)
     else:
@@ -167,9 +169,8 @@ def export_schema_command(args: argparse.Namespace) -> int:
 
 
 def seed_command(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    if settings.auto_migrate:
-        _migrate_to_head(settings)
+    settings = _settings()
+    _prepare_database(settings)
     with _database_errors(settings.database_url):
         project, tasks, registrations = asyncio.run(_seed(settings))
     print(f"created project {project['name']!r} (id {project['id']}) with {len(tasks)} tasks")
@@ -312,24 +313,58 @@ def _positive_int(value: str) -> int:
 
 @contextmanager
 def _database_errors(url: str) -> Iterator[None]:
-    """Report an unreachable or refusing database as one line instead of a traceback."""
+    """Report an unreachable, refusing or unmigratable database as one line, not a traceback."""
+    from alembic.util.exc import CommandError as AlembicError
     from sqlalchemy.exc import DBAPIError
+
+    from .db.migrate import V1DatabaseError
+    from .db.v1 import V1ConversionError
 
     try:
         yield
     except OSError as exc:
-        raise CommandError(f"cannot reach the database {_masked(url)}: {exc}") from exc
+        raise CommandError(f"cannot reach the database {_masked(url)}: {_first_line(exc)}") from exc
     except DBAPIError as exc:
-        lines = str(exc.orig).strip().splitlines()
-        reason = lines[0] if lines else type(exc.orig).__name__
-        raise CommandError(f"database {_masked(url)}: {reason}") from exc
+        raise CommandError(f"database {_masked(url)}: {_first_line(exc.orig)}") from exc
+    except (V1DatabaseError, V1ConversionError, AlembicError) as exc:
+        raise CommandError(f"database {_masked(url)}: {_first_line(exc)}") from exc
 
 
-def _migrate_to_head(settings: Settings) -> None:
-    from .db.migrate import upgrade_to_head
+def _first_line(exc: BaseException | None) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
+
+def _prepare_database(settings: Settings) -> None:
+    """Make sure the database is at the latest revision before serving: migrate it with
+    AUTO_MIGRATE (never converting a v1 database), else refuse, naming the command to run."""
+    from .db.migrate import inspect_schema
+
+    if settings.auto_migrate:
+        _migrate(settings, convert_v1=False)
+        return
     with _database_errors(settings.database_url):
-        asyncio.run(upgrade_to_head(settings.database_url))
+        status = asyncio.run(inspect_schema(settings.database_url))
+    problem = status.problem()
+    if problem is not None:
+        raise CommandError(f"database {_masked(settings.database_url)}: {problem}")
+
+
+def _migrate(settings: Settings, *, revision: str = "head", convert_v1: bool) -> list[str]:
+    from .db.migrate import migrate
+    from .db.v1 import V1Defaults
+
+    defaults = V1Defaults(
+        lease_seconds=settings.lease,
+        max_concurrent_tasks=settings.max_concurrent_tasks_per_agent,
+        default_max_attempts=settings.default_max_attempts,
+        default_timeout_minutes=settings.default_task_timeout_minutes,
+        soft_delete_retention_days=settings.soft_delete_retention_days,
+    )
+    with _database_errors(settings.database_url):
+        return asyncio.run(
+            migrate(settings.database_url, revision=revision, convert_v1=convert_v1, v1_defaults=defaults)
+        )
 
 
 def _masked(url: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
@@ -20,10 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .db import agents as db_agents
 from .db.base import utcnow
 from .db.enums import ACTIVE_STATUSES, TaskEventType, TaskStatus
+from .db.health import problem
 from .db.idempotency import purge_keys
 from .db.lifecycle import Policy, lock_active_tasks, requeue_or_fail
 from .db.models import Agent, Project, Task
 from .db.tasks import purge_deleted
+from .observability.logs import FailureLog
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ LEADER_LOCK_KEY = 0x7A5C_0002
 class TickResult:
     offline: int = 0
     expired: int = 0
+    offline_expired: int = field(default=0, compare=False)  # of `expired`: agents gone OFFLINE
     timed_out: int = 0
     purged: int = 0
 
@@ -46,6 +49,8 @@ class Reaper:
         self._task: asyncio.Task[None] | None = None
         self._leader_conn: AsyncConnection | None = None
         self.is_leader = False
+        self.metrics = services.metrics
+        self._failures = FailureLog(log, "reaper")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reaper")
@@ -63,17 +68,34 @@ class Reaper:
             try:
                 if await self.lead():
                     result = await self.tick()
+                    self._count(result)
                     if result.offline or result.expired or result.timed_out or result.purged:
                         log.info("reaper: %s", result)
+                else:
+                    self.metrics.reaper_runs.labels("follower").inc()
+                self._failures.ok()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reaper tick failed; retrying next interval")
+            except Exception as exc:
+                reason = problem(exc)
+                self._failures.failed(reason, exc)
+                self.metrics.reaper_runs.labels("error").inc()
                 await self._resign()
+            self.metrics.reaper_leader.set(int(self.is_leader))
             await asyncio.sleep(self.settings.reaper_interval_seconds)
 
+    def _count(self, result: TickResult) -> None:
+        m = self.metrics
+        m.reaper_runs.labels("ok").inc()
+        m.agents_offline.inc(result.offline)
+        m.lease_expiries.labels("agent_offline").inc(result.offline_expired)
+        m.lease_expiries.labels("lease").inc(result.expired - result.offline_expired)
+        m.timeouts.inc(result.timed_out)
+        m.purged.inc(result.purged)
+
     async def lead(self) -> bool:
-        """True when this process holds (or just took) the leader lock."""
+        """True when this process holds (or just took) the leader lock; raises (after giving
+        up the lock) when the database cannot be asked."""
         if self.services.is_sqlite:
             self.is_leader = True
             return True
@@ -93,8 +115,10 @@ class Reaper:
                 await self._leader_conn.commit()
             self.is_leader = True
         except Exception:
-            log.warning("reaper: lost the leader connection; will try again")
+            if self.is_leader:
+                log.warning("reaper: lost the leader connection; will try again")
             await self._resign()
+            raise
         return self.is_leader
 
     async def _resign(self) -> None:
@@ -116,8 +140,8 @@ class Reaper:
     async def tick(self, now: datetime | None = None) -> TickResult:
         now = now or utcnow()
         result = TickResult()
-        result.offline, result.expired = await self.expire_offline_agents(now)
-        result.expired += await self.expire_leases(now)
+        result.offline, result.offline_expired = await self.expire_offline_agents(now)
+        result.expired = result.offline_expired + await self.expire_leases(now)
         result.timed_out = await self.time_out_tasks(now)
         result.purged = await self.purge(now)
         return result

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from .db.agents import PresenceChange
 from .db.events import stamp_events
+from .db.health import service_counts
 from .db.session import create_engine, create_sessionmaker
 from .events.bus import EventBus
 from .events.sequencer import Sequencer
@@ -20,6 +22,7 @@ from .events.single_flight import SingleFlight
 from .events.snapshots import TaskSnapshots
 from .events.stats_hub import StatsHub
 from .events.tail import LogTail
+from .observability.metrics import Metrics, PoolUsage, Snapshot
 from .ratelimit import RateLimiter
 from .settings import Settings
 
@@ -32,6 +35,7 @@ class Services:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     bus: EventBus
+    metrics: Metrics = field(default_factory=Metrics)
     sequencer: Sequencer = field(init=False)
     stats_hub: StatsHub[Any] = field(init=False)
     tail: LogTail = field(init=False)
@@ -65,14 +69,15 @@ class Services:
         return hashlib.sha256(f"{url.host}:{url.port}/{url.database}".encode()).hexdigest()[:16]
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
         engine = create_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             statement_timeout_seconds=settings.statement_timeout_seconds,
         )
-        return cls(settings, engine, create_sessionmaker(engine), EventBus(settings.effective_broadcast_url))
+        bus = EventBus(settings.effective_broadcast_url)
+        return cls(settings, engine, create_sessionmaker(engine), bus, metrics or Metrics())
 
     async def start(self) -> None:
         try:
@@ -123,6 +128,32 @@ class Services:
                     await session.flush()  # the stamp is raw SQL: pending event rows first
                     horizon = await stamp_events(session)
             await self._after_commit(session, horizon)
+
+    async def metrics_snapshot(self) -> Snapshot:
+        """The scrape-time values of /metrics: one query for the database's counts, the rest
+        read from this process's pool and bus."""
+        snapshot = Snapshot(
+            database_up=False,
+            bus_connected=self.bus.connected,
+            bus_reconnects=self.bus.reconnects,
+            bus_listeners=self.bus.listener_count,
+        )
+        pool = self.engine.pool
+        if isinstance(pool, QueuePool):
+            snapshot.pool = PoolUsage(
+                size=pool.size(),
+                open=pool.checkedin() + pool.checkedout(),
+                checked_out=pool.checkedout(),
+                overflow=max(pool.overflow(), 0),
+            )
+        try:
+            async with self.read() as session:
+                snapshot.tasks, snapshot.ready_tasks, snapshot.agents = await service_counts(session)
+        except Exception as exc:  # the gauge task_service_database_up says it; /health says why
+            log.debug("metrics: cannot read the database: %s", type(exc).__name__)
+        else:
+            snapshot.database_up = True
+        return snapshot
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

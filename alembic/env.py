@@ -1,7 +1,8 @@
 """Alembic environment: async engine, URL from the settings unless the caller set one.
 
-Run by `alembic ...` from a checkout and by task_service.db.migrate (in a worker thread,
-so asyncio.run here never meets the app's running loop).
+Run by `alembic ...` from a checkout and by task_service.db.migrate, which on PostgreSQL
+passes its own connection (config.attributes["connection"]) and on SQLite runs this in a
+worker thread, so asyncio.run here never meets the app's running loop.
 """
 
 from __future__ import annotations
@@ -74,7 +75,13 @@ async def run_async_migrations() -> None:
 
 
 def run_migrations_online() -> None:
-    asyncio.run(run_async_migrations())
+    # task_service.db.migrate hands over its connection, already in the transaction that
+    # holds the migration lock (and, for a v1 database, the conversion): use it as it is.
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        do_run_migrations(connection)
+    else:
+        asyncio.run(run_async_migrations())
 
 
 if context.is_offline_mode():

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from ..db.events import list_events
+from ..db.health import unreachable
 from ..db.models import TaskEvent
 from ..errors import DomainError, ErrorCode
 from ..services import Services
@@ -54,21 +55,6 @@ class EventFilter:
             and (self.task_id is None or event.task_id == self.task_id)
             and (self.agent_id is None or event.agent_id == self.agent_id)
         )
-
-
-def unreachable(exc: BaseException) -> bool:
-    """The database cannot be reached right now (refused, closed, shutting down, busy
-    connection): worth retrying. Other errors (bad SQL, bad data) are not."""
-    if isinstance(exc, OSError):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    return (
-        exc.connection_invalidated
-        or isinstance(exc, InterfaceError | OperationalError)
-        or sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention
-    )
 
 
 async def until_answered(read: Callable[[], Awaitable[T]]) -> T:
@@ -116,6 +102,7 @@ async def follow_events(
                         f"this subscription fell {bus.horizon - cursor} events behind; resubscribe "
                         f'with after: "{cursor}" to continue without loss',
                         cursor=str(cursor),
+                        behind=bus.horizon - cursor,
                     )
                 if tail.covers(cursor):
                     rows, next_cursor = tail.read(cursor, where.matches, PAGE, upto=horizon)

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..db.events import stamp_events
+from ..db.health import problem
+from ..observability.logs import FailureLog
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Sequencer:
         self._passes_done = 0
         self._done = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._failures = FailureLog(log, "event sequencer")
         self.horizon = 0
 
     def start(self) -> None:
@@ -89,9 +92,11 @@ class Sequencer:
                 await self.stamp_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("event sequencer pass failed; retrying")
+            except Exception as exc:
+                self._failures.failed(problem(exc), exc)
                 await asyncio.sleep(min(self._poll_interval, 1.0))
+            else:
+                self._failures.ok()
             async with self._done:
                 self._passes_done = self._passes_started
                 self._done.notify_all()

@@ -63,6 +63,7 @@ class LifecycleMutation:
         row = await run(
             info, "claimTask", lambda s, a: db.claim(s, task_id, a, policy(info)), agent=name, key=idempotency_key
         )
+        info.context.services.metrics.claims.labels("claimTask").inc()
         return Task.from_row(row)
 
     @strawberry.mutation(description="Claims the best ready task this agent may take; null when none.")
@@ -79,7 +80,12 @@ class LifecycleMutation:
         async with info.context.services.transaction() as session:
             locked = await db_agents.require_agent(session, name, lock=True)
             row = await db.claim_next(session, locked, policy(info), project_id=pid, tags=labels)
-        return Task.from_row(row) if row is not None else None
+        metrics = info.context.services.metrics
+        if row is None:
+            metrics.claims_empty.inc()
+            return None
+        metrics.claims.labels("claimNextTask").inc()
+        return Task.from_row(row)
 
     @strawberry.mutation
     async def start_task(

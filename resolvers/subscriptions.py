@@ -17,7 +17,7 @@ import strawberry
 from ..db import agents as db_agents
 from ..db.base import utcnow
 from ..errors import DomainError, ErrorCode, NotFound
-from ..events.replay import EventFilter, follow_events, until_answered
+from ..events.replay import EventFilter, SubscriberTooSlow, follow_events, until_answered
 from ..schema.agents import Agent, AgentPresenceEvent
 from ..schema.enums import AgentStatus, TaskStatus
 from ..schema.events import TaskEvent
@@ -36,8 +36,9 @@ class TooManySubscriptions(DomainError):
 
 
 @contextlib.asynccontextmanager
-async def _slot(info: Info) -> AsyncIterator[None]:
-    """Count this subscription against the connection's limit while it runs."""
+async def _slot(info: Info, field: str) -> AsyncIterator[Any]:
+    """Count this subscription against the connection's limit while it runs; yields the
+    counter of events delivered to it (metrics)."""
     context = info.context
     limit = context.settings.max_subscriptions_per_connection
     if context.subscriptions >= limit:
@@ -45,10 +46,16 @@ async def _slot(info: Info) -> AsyncIterator[None]:
             f"this connection already runs {limit} subscriptions (MAX_SUBSCRIPTIONS_PER_CONNECTION); "
             "stop one or open another connection"
         )
+    metrics = context.services.metrics
     context.subscriptions += 1
+    metrics.subscriptions_open.labels(field).inc()
     try:
-        yield
+        yield metrics.events_delivered.labels(field)
+    except SubscriberTooSlow as exc:
+        metrics.events_dropped.labels(field, "lag").inc(exc.extensions.get("behind", 0))
+        raise
     finally:
+        metrics.subscriptions_open.labels(field).dec()
         context.subscriptions -= 1
 
 
@@ -82,13 +89,14 @@ class Subscription:
             task_id=validate.optional_id(task_id, "taskId"),
             agent_id=await _agent_id(info, agent),
         )
-        async with _slot(info):
+        async with _slot(info, "taskEvents") as delivered:
             async for row in follow_events(
                 info.context.services,
                 after=cursor,
                 where=where,
                 max_lag=info.context.settings.max_subscriber_lag,
             ):
+                delivered.inc()
                 yield share(TaskEvent.from_row(row), ("taskEvents", row.seq))
 
     @strawberry.subscription(description="The task's state after each change that matches the filter.")
@@ -102,7 +110,7 @@ class Subscription:
         where = EventFilter(project_id=validate.optional_id(project_id, "projectId"))
         wanted = {s.value for s in status} if status else None
         assignee_id = await _agent_id(info, assignee)
-        async with _slot(info):
+        async with _slot(info, "taskChanged") as delivered:
             async for event in follow_events(
                 info.context.services, after=None, where=where, max_lag=info.context.settings.max_subscriber_lag
             ):
@@ -114,6 +122,7 @@ class Subscription:
                     continue
                 if assignee_id is not None and row.assignee_id != assignee_id:
                     continue
+                delivered.inc()
                 yield share(Task.from_row(row), ("taskChanged", event.seq))
 
     @strawberry.subscription(
@@ -121,19 +130,25 @@ class Subscription:
     )
     async def agent_presence(self, info: Info, name: str | None = None) -> AsyncGenerator[AgentPresenceEvent, None]:
         services = info.context.services
-        async with _slot(info):
+        async with _slot(info, "agentPresence") as delivered:
             with services.bus.listen(presence=True) as listener:
                 known: dict[int, str] = {}
                 for event in await _presence_snapshot(info, name, known, only_changes=False):
+                    delivered.inc()
                     yield event
                 while True:
                     await listener.wait(PRESENCE_POLL_SECONDS)
                     if listener.overflowed or listener.resync:
                         # Changes may have been missed (bus outage, burst): report the
                         # difference between what we last told and the database now.
+                        if listener.overflowed:
+                            services.metrics.events_dropped.labels("agentPresence", "overflow").inc(
+                                len(listener.presence)
+                            )
                         listener.overflowed = listener.resync = False
                         listener.presence.clear()
                         for event in await _presence_snapshot(info, name, known, only_changes=True):
+                            delivered.inc()
                             yield event
                         continue
                     changes, listener.presence = listener.presence, []
@@ -148,6 +163,7 @@ class Subscription:
                         if previous == change["status"]:
                             continue
                         known[agent.id] = change["status"]
+                        delivered.inc()
                         yield AgentPresenceEvent(
                             agent=Agent.from_row(agent),
                             previous_status=AgentStatus(previous) if previous else None,
@@ -160,10 +176,11 @@ class Subscription:
         self, info: Info, project_id: strawberry.ID | None = None
     ) -> AsyncGenerator[DashboardStats, None]:
         key = validate.optional_id(project_id, "projectId")
-        async with _slot(info):
+        async with _slot(info, "dashboardStats") as delivered:
             stream: Any = info.context.services.stats_hub.subscribe(key)
             try:
                 async for stats in stream:
+                    delivered.inc()
                     yield stats
             finally:
                 await stream.aclose()

@@ -31,6 +31,7 @@ from .enums import ErrorCode
 from .errors import ErrorMapper, error_code
 from .guard import MutationRateLimit
 from .limits import Limits, complexity_rule, directives_rule
+from .observe import RequestObserver
 from .shared_results import SharingExecutionContext
 
 Query = merge_types("Query", (TaskQuery, ProjectQuery, AgentQuery, StatsQuery))
@@ -72,6 +73,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     )
     rules = [complexity_rule(limits), directives_rule(settings.max_directives)]
     extensions: list[Any] = [
+        RequestObserver,  # first, so it sees the errors with their codes
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: AddValidationRules(rules),
         lambda: DocumentCache(maxsize=DOCUMENT_CACHE_SIZE),

@@ -176,17 +176,3 @@ class TestSeed:
         for agent in ("researcher", "writer", "designer"):
             assert f"  {agent} (" in first.stdout
         assert first.stdout.count("token: ") == 3
-
-
-class TestCompose:
-    def test_app_starts_after_db_and_migrations(self) -> None:
-        compose = (REPO / "docker-compose.yml").read_text()
-
-        assert "image: postgres:16" in compose
-        assert "pg_isready" in compose
-        assert 'command: ["task-service", "migrate"]' in compose
-        assert "condition: service_healthy" in compose
-        assert "condition: service_completed_successfully" in compose
-        assert "postgresql://taskservice:taskservice@db:5432/taskservice" in compose
-        assert "API_KEY: ${API_KEY:-}" in compose
-        assert '"8080:8080"' in compose

@@ -1,0 +1,87 @@
+"""The database's own state: can it be reached, is it migrated (to which revision), and the
+counts /metrics reads at scrape time."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, case, func, literal, select, text, union_all
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .base import utcnow
+from .enums import AgentStatus, TaskStatus
+from .models import Agent, Task
+from .tasks import ready_conditions
+
+UNREACHABLE = "database unreachable"
+NOT_MIGRATED = "database not migrated"
+
+# PostgreSQL: undefined table, undefined column; SQLite says it in words.
+_MISSING_SCHEMA_STATES = ("42P01", "42703")
+_MISSING_SCHEMA_WORDS = ("no such table", "no such column")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached right now (refused, closed, shutting down, busy
+    connection): worth retrying. Other errors (bad SQL, bad data) are not."""
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return (
+        exc.connection_invalidated
+        or (isinstance(exc, InterfaceError | OperationalError) and not _missing_schema(exc))
+        or sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention
+    )
+
+
+def _missing_schema(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate in _MISSING_SCHEMA_STATES or any(words in str(exc.orig) for words in _MISSING_SCHEMA_WORDS)
+
+
+def problem(exc: BaseException) -> str | None:
+    """UNREACHABLE or NOT_MIGRATED when `exc` says so; None for any other failure."""
+    if unreachable(exc):
+        return UNREACHABLE
+    if isinstance(exc, DBAPIError) and _missing_schema(exc):
+        return NOT_MIGRATED
+    return None
+
+
+async def schema_revision(session: AsyncSession) -> str | None:
+    """The Alembic revision the database is at; None when it has no alembic_version table."""
+    if session.bind.dialect.name == "postgresql":
+        exists = await session.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    else:
+        exists = await session.scalar(
+            text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'")
+        )
+    if not exists:
+        return None
+    return await session.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+async def service_counts(session: AsyncSession) -> tuple[dict[str, int], int, dict[str, int]]:
+    """Live tasks by status, ready tasks, live agents by status: one statement."""
+    ready = func.sum(case((and_(*ready_conditions(utcnow())), 1), else_=0))
+    tasks = (
+        select(literal("task").label("kind"), Task.status, func.count().label("n"), ready.label("ready"))
+        .where(Task.deleted_at.is_(None))
+        .group_by(Task.status)
+    )
+    agents = (
+        select(literal("agent"), Agent.status, func.count(), literal(0))
+        .where(Agent.deleted_at.is_(None))
+        .group_by(Agent.status)
+    )
+    task_counts = {status.value: 0 for status in TaskStatus}
+    agent_counts = {status.value: 0 for status in AgentStatus}
+    ready_count = 0
+    for kind, status, count, ready_here in await session.execute(union_all(tasks, agents)):
+        if kind == "task":
+            task_counts[status] = count
+            ready_count += int(ready_here or 0)
+        else:
+            agent_counts[status] = count
+    return task_counts, ready_count, agent_counts

@@ -1,0 +1,113 @@
+"""The console script on a database that is not ready: one line that says what to do, never a
+traceback, and a non-zero exit; `serve` starts only on a migrated database (or migrates it
+with AUTO_MIGRATE); concurrent migrations take turns."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.e2e.conftest import free_port
+from tests.ops.helpers import clean_env, empty_pg_database, health, libpq, one_line, run_cli, script, wait_for
+
+pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(180)]
+
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
+
+
+class TestUnreachableDatabase:
+    @pytest.mark.parametrize("command", ["serve", "migrate", "seed"])
+    def test_one_line_and_exit_1(self, tmp_path: Path, command: str) -> None:
+        result = run_cli(command, cwd=tmp_path, DATABASE_URL=UNREACHABLE)
+
+        assert result.returncode == 1
+        line = one_line(result.stderr)
+        assert line.startswith("task-service: cannot reach the database postgresql+asyncpg://postgres@127.0.0.1:1/")
+
+
+class TestNotMigrated:
+    async def test_serve_refuses_naming_the_command(self, tmp_path: Path) -> None:
+        async with empty_pg_database() as url:
+            result = run_cli("serve", "--port", str(free_port()), cwd=tmp_path, DATABASE_URL=url)
+
+            assert result.returncode == 1
+            line = one_line(result.stderr)
+            assert "has no tables yet" in line
+            assert line.endswith("run `task-service migrate`")
+
+    async def test_seed_refuses_naming_the_command(self, tmp_path: Path) -> None:
+        async with empty_pg_database() as url:
+            result = run_cli("seed", cwd=tmp_path, DATABASE_URL=url)
+
+            assert result.returncode == 1
+            assert one_line(result.stderr).endswith("run `task-service migrate`")
+
+    async def test_a_database_from_a_newer_release_is_refused(self, tmp_path: Path) -> None:
+        async with empty_pg_database() as url:
+            assert run_cli("migrate", cwd=tmp_path, DATABASE_URL=url).returncode == 0
+            conn = await asyncpg.connect(libpq(url))
+            try:
+                await conn.execute("UPDATE alembic_version SET version_num = '9999'")
+            finally:
+                await conn.close()
+
+            result = run_cli("serve", cwd=tmp_path, DATABASE_URL=url)
+
+            assert result.returncode == 1
+            assert "revision 9999" in one_line(result.stderr)
+
+    async def test_auto_migrate_migrates_then_serves(self, tmp_path: Path) -> None:
+        async with empty_pg_database() as url:
+            port = free_port()
+            server = await asyncio.create_subprocess_exec(
+                script(),
+                "serve",
+                "--port",
+                str(port),
+                cwd=tmp_path,
+                env=clean_env(DATABASE_URL=url, AUTO_MIGRATE="true"),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                await wait_for(lambda: _healthy(port), what="the auto-migrated server's /health 200")
+            finally:
+                server.terminate()
+                await server.wait()
+
+
+async def _healthy(port: int) -> bool:
+    try:
+        status, _ = await health(f"http://127.0.0.1:{port}")
+    except httpx.TransportError:
+        return False
+    return status == 200
+
+
+class TestBadSettings:
+    @pytest.mark.parametrize("command", ["migrate", "seed", "serve"])
+    def test_one_line_naming_the_variable(self, tmp_path: Path, command: str) -> None:
+        result = run_cli(command, cwd=tmp_path, LOG_FORMAT="xml")
+
+        assert result.returncode == 2
+        assert "LOG_FORMAT" in one_line(result.stderr)
+
+
+class TestConcurrentMigrations:
+    async def test_replicas_migrating_at_once_take_turns(self, tmp_path: Path) -> None:
+        async with empty_pg_database() as url:
+            results = await asyncio.gather(
+                *(asyncio.to_thread(run_cli, "migrate", cwd=tmp_path, DATABASE_URL=url) for _ in range(3))
+            )
+
+            assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+            conn = await asyncpg.connect(libpq(url))
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM task_type_defaults") == 11
+            finally:
+                await conn.close()
