@@ -205,14 +205,15 @@ class TestGraphQLCop:
         await assert_healthy(server)
 
 
-class TestProduction:
-    @pytest.fixture(scope="class")
-    async def production(self, e2e_pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
-        async with running_server(
-            e2e_pg_url, tmp_path_factory.mktemp("prod"), API_KEY=ADMIN_KEY, ENVIRONMENT="production"
-        ) as running:
-            yield running
+@pytest.fixture(scope="module")
+async def production(e2e_pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
+    async with running_server(
+        e2e_pg_url, tmp_path_factory.mktemp("prod"), API_KEY=ADMIN_KEY, ENVIRONMENT="production"
+    ) as running:
+        yield running
 
+
+class TestProduction:
     async def test_introspection_is_off(self, production: Server) -> None:
         outcome = await http_operation(production, admin_headers(), "{ __schema { types { name } } }")
         assert outcome.code == "BAD_USER_INPUT", outcome

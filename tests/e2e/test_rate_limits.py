@@ -37,14 +37,15 @@ def refused(outcome: Outcome) -> bool:
     return outcome.code == "RATE_LIMITED"
 
 
-class TestPerCaller:
-    @pytest.fixture(scope="class")
-    async def server(self, e2e_pg_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-        async with running_server(
-            e2e_pg_url, tmp_path_factory.mktemp("rate"), API_KEY=ADMIN_KEY, RATE_LIMIT="5/minute"
-        ) as running:
-            yield running
+@pytest.fixture(scope="module")
+async def server(e2e_pg_url: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    async with running_server(
+        e2e_pg_url, tmp_path_factory.mktemp("rate"), API_KEY=ADMIN_KEY, RATE_LIMIT="5/minute"
+    ) as running:
+        yield running
 
+
+class TestPerCaller:
     async def test_an_agent_over_its_budget_is_refused_with_retry_after(self, server: Server) -> None:
         token = await register(server)
         for _ in range(5):
