@@ -89,9 +89,13 @@ async def empty_database(services: Services) -> None:
             await session.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses the database (`backend`, `database_url`, `services`, `gql`) runs once
+    on each backend; one marked postgres_only (on it, its class or its module) on PostgreSQL
+    alone."""
+    if "backend" in metafunc.fixturenames:
+        only_pg = metafunc.definition.get_closest_marker("postgres_only") is not None
+        metafunc.parametrize("backend", ["postgresql"] if only_pg else ["postgresql", "sqlite"])
 
 
 @pytest.fixture
@@ -102,15 +106,6 @@ def database_url(request: pytest.FixtureRequest, backend: str) -> str:
 @pytest.fixture
 async def services(database_url: str) -> AsyncIterator[Services]:
     svc = Services.build(make_settings(database_url))
-    await svc.start()
-    await empty_database(svc)
-    yield svc
-    await svc.close()
-
-
-@pytest.fixture
-async def pg_services(pg_url: str) -> AsyncIterator[Services]:
-    svc = Services.build(make_settings(pg_url))
     await svc.start()
     await empty_database(svc)
     yield svc
@@ -154,8 +149,3 @@ class Client:
 @pytest.fixture
 def gql(schema: Schema, services: Services) -> Client:
     return Client(schema, services)
-
-
-@pytest.fixture
-def pg_gql(schema: Schema, pg_services: Services) -> Client:
-    return Client(schema, pg_services)

@@ -55,8 +55,7 @@ def largest_row_count(plan: dict[str, Any]) -> tuple[int, str]:
 
 @pytest.mark.postgres_only
 class TestClaimPlan:
-    async def test_claim_reads_a_bounded_number_of_rows(self, pg_gql, pg_services, pg_url):
-        gql = pg_gql
+    async def test_claim_reads_a_bounded_number_of_rows(self, gql, database_url):
         pid = await f.project(gql)
         await create_many(gql, pid, 1500)  # no skills required
         await create_many(gql, pid, 1500, requiredSkills=["python"])
@@ -70,7 +69,7 @@ class TestClaimPlan:
         for _ in range(3):
             await f.task(gql, project_id=pid, dependsOn=[first["id"]], priority=10)  # blocked
         await f.agent(gql, name="py", skills=["python"])
-        with captured_claims(pg_services) as claims:
+        with captured_claims(gql.services) as claims:
             data = await gql.execute('mutation { claimNextTask(agent: "py") { id requiredSkills } }')
         assert data["claimNextTask"] is not None
         query = "query($id: ID!) { task(id: $id) { priority availableAt } }"
@@ -79,7 +78,7 @@ class TestClaimPlan:
         assert claimed["task"]["availableAt"] is not None
         assert len(claims) == 1
         statement, parameters = claims[0]
-        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
             transaction = conn.transaction()
             await transaction.start()

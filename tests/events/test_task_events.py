@@ -65,19 +65,19 @@ class TestLiveLifecycle:
 
 @pytest.mark.postgres_only
 class TestResume:
-    async def test_resubscribing_after_the_last_id_seen_yields_the_exact_log(self, pg_gql, schema, pg_services):
-        pid = await f.project(pg_gql)
-        agents = await register_agents(pg_gql, 20)
+    async def test_resubscribing_after_the_last_id_seen_yields_the_exact_log(self, gql, schema, services):
+        pid = await f.project(gql)
+        agents = await register_agents(gql, 20)
         seen: list[dict] = []
-        writing = asyncio.create_task(writers(pg_gql, project_id=pid, agents=agents, rounds=3))
+        writing = asyncio.create_task(writers(gql, project_id=pid, agents=agents, rounds=3))
         try:
-            async with Sub(schema, pg_services, TASK_EVENTS, after="0") as sub:
+            async with Sub(schema, services, TASK_EVENTS, after="0") as sub:
                 seen += await sub.take(25)
             # Disconnected: let the writers commit more before resuming.
-            await wait_until(lambda: pg_services.sequencer.horizon >= len(seen) + 60, what="writes while away")
-            async with Sub(schema, pg_services, TASK_EVENTS, after=seen[-1]["id"]) as sub:
+            await wait_until(lambda: services.sequencer.horizon >= len(seen) + 60, what="writes while away")
+            async with Sub(schema, services, TASK_EVENTS, after=seen[-1]["id"]) as sub:
                 await writing
-                expected = await all_events(pg_gql)
+                expected = await all_events(gql)
                 await sub.read_through(expected[-1]["id"], seen)
         finally:
             await writing
@@ -87,24 +87,24 @@ class TestResume:
 
 @pytest.mark.postgres_only
 class TestAcrossProcesses:
-    async def test_subscriber_on_another_process_gets_every_event(self, pg_gql, pg_url, schema, pg_services):
-        pid = await f.project(pg_gql)
-        agents = await register_agents(pg_gql, 10)
-        async with another_process(pg_url) as other:
+    async def test_subscriber_on_another_process_gets_every_event(self, gql, database_url, schema, services):
+        pid = await f.project(gql)
+        agents = await register_agents(gql, 10)
+        async with another_process(database_url) as other:
             seen: list[dict] = []
             async with Sub(schema, other, TASK_EVENTS, after="0") as sub:
-                await writers(pg_gql, project_id=pid, agents=agents, rounds=2)
-                expected = await all_events(pg_gql)
+                await writers(gql, project_id=pid, agents=agents, rounds=2)
+                expected = await all_events(gql)
                 await sub.read_through(expected[-1]["id"], seen)
         assert_exact_log(seen, expected)
 
-    async def test_remote_event_arrives_within_a_second(self, pg_gql, pg_url, schema, pg_services):
-        pid = await f.project(pg_gql)
-        async with another_process(pg_url) as other:
+    async def test_remote_event_arrives_within_a_second(self, gql, database_url, schema, services):
+        pid = await f.project(gql)
+        async with another_process(database_url) as other:
             async with Sub(schema, other, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
                 latencies = []
                 for i in range(5):
-                    await f.task(pg_gql, project_id=pid, title=f"t{i}")
+                    await f.task(gql, project_id=pid, title=f"t{i}")
                     returned = time.monotonic()
                     await got.wait_for_count(i + 1)
                     latencies.append(max(0.0, got.times[i] - returned))
@@ -114,12 +114,12 @@ class TestAcrossProcesses:
 
 @pytest.mark.postgres_only
 class TestOutOfOrderCommits:
-    async def test_event_committed_after_a_later_id_is_still_delivered(self, pg_gql, schema, pg_services):
-        pid = await f.project(pg_gql)
-        task = await f.task(pg_gql, project_id=pid)
-        created = await all_events(pg_gql)
-        async with Sub(schema, pg_services, TASK_EVENTS, after=created[-1]["id"]) as sub:
-            async with pg_services.sessionmaker() as slow, pg_services.sessionmaker() as fast:
+    async def test_event_committed_after_a_later_id_is_still_delivered(self, gql, schema, services):
+        pid = await f.project(gql)
+        task = await f.task(gql, project_id=pid)
+        created = await all_events(gql)
+        async with Sub(schema, services, TASK_EVENTS, after=created[-1]["id"]) as sub:
+            async with services.sessionmaker() as slow, services.sessionmaker() as fast:
                 await slow.begin()
                 slow_event = record_event(
                     slow, await slow.get(Task, int(task["id"])), TaskEventType.UPDATED, actor="slow"
@@ -130,17 +130,17 @@ class TestOutOfOrderCommits:
                         fast, await fast.get(Task, int(task["id"])), TaskEventType.UPDATED, actor="fast"
                     )
                 assert slow_event.id < fast_event.id, "the test needs the later commit to hold the higher id"
-                await pg_services.sequencer.sync()
+                await services.sequencer.sync()
                 first = await sub.next()
                 assert first["actor"] == "fast"
 
                 await slow.commit()
-            await pg_services.sequencer.sync()
+            await services.sequencer.sync()
             second = await sub.next()
 
         assert second["actor"] == "slow"
         assert int(second["id"]) > int(first["id"])
-        assert_exact_log([*created, first, second], await all_events(pg_gql))
+        assert_exact_log([*created, first, second], await all_events(gql))
 
 
 class TestSlowSubscriber:

@@ -296,8 +296,8 @@ class TestClaimConflicts:
         assert failure.code == "CONFLICT"
         assert await state(gql, tid) == before
 
-    async def test_concurrent_claims_have_exactly_one_winner(self, pg_gql):
-        gql = pg_gql
+    @pytest.mark.postgres_only
+    async def test_concurrent_claims_have_exactly_one_winner(self, gql):
         pid = await f.project(gql)
         names = [f"racer{i}" for i in range(8)]
         for name in names:
@@ -315,8 +315,8 @@ class TestClaimConflicts:
         assert sorted(outcomes) == ["CONFLICT"] * 7 + ["WON"]
         assert [e["type"] for e in await f.events(gql, task_id=tid)] == ["CREATED", "CLAIMED"]
 
-    async def test_concurrent_claim_next_hands_out_each_task_once(self, pg_gql):
-        gql = pg_gql
+    @pytest.mark.postgres_only
+    async def test_concurrent_claim_next_hands_out_each_task_once(self, gql):
         pid = await f.project(gql)
         names = [f"racer{i}" for i in range(8)]
         for name in names:

@@ -208,10 +208,10 @@ class TestAddDependency:
         assert (await view(gql, a))["ready"] is True
         assert len(await unblocked(gql, a)) == 1
 
-    async def test_dependency_added_while_another_completes_is_counted_once(self, pg_gql):
+    @pytest.mark.postgres_only
+    async def test_dependency_added_while_another_completes_is_counted_once(self, gql):
         """addDependency racing a completion of the task's other dependency: the counter
         must be read under the row lock, or the task stays blocked forever."""
-        gql = pg_gql
         pid = await f.project(gql)
         await f.agent(gql, name="w1")
         await f.agent(gql, name="rev")

@@ -454,10 +454,10 @@ class TestCancelTask:
         assert failure.code == "INVALID_TRANSITION"
         assert await state(gql, tid) == before
 
-    async def test_cancel_waits_out_a_concurrent_completion(self, pg_gql):
+    @pytest.mark.postgres_only
+    async def test_cancel_waits_out_a_concurrent_completion(self, gql):
         """A completion that commits while cancelTask waits for the row wins: the cancel
         must see COMPLETED and refuse, not cancel a finished task."""
-        gql = pg_gql
         pid = await f.project(gql)
         await f.agent(gql, name="w1")
         tid = await task_in(gql, pid, "RUNNING")
