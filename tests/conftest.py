@@ -3,6 +3,7 @@ Services against it, emptied before each test, and a GraphQL helper."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -76,6 +77,13 @@ def make_settings(url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def with_settings(services: Services, **overrides: Any) -> Services:
+    """`services` with some settings changed (on top of make_settings' defaults): the same
+    engine, sessions and bus. It is not started: on PostgreSQL its writers stamp their own
+    events after commit instead of waking a sequencer."""
+    return dataclasses.replace(services, settings=make_settings(services.settings.database_url, **overrides))
 
 
 async def empty_database(services: Services) -> None:

@@ -12,9 +12,8 @@ import asyncpg
 import pytest
 from sqlalchemy import event
 
+from task_service.db.lifecycle import CLAIM_NEXT
 from tests import factories as f
-
-CLAIM_MARKER = "FOR UPDATE OF tasks SKIP LOCKED"
 
 
 async def create_many(gql: Any, project_id: str, count: int, **item: Any) -> None:
@@ -32,7 +31,7 @@ def captured_claims(services: Any):
     seen: list[tuple[str, Any]] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):
-        if CLAIM_MARKER in statement:
+        if context.execution_options.get("statement_name") == CLAIM_NEXT:
             seen.append((statement, parameters))
 
     engine = services.engine.sync_engine

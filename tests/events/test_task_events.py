@@ -63,6 +63,37 @@ class TestLiveLifecycle:
         assert_exact_log(received, await all_events(gql))
 
 
+class TestOrderWithinATransaction:
+    async def test_events_written_together_arrive_in_the_order_they_were_written(self, gql, schema, services):
+        """A transaction's events get their cursors in the order it wrote them: a batch's
+        CREATED events in input order, a completion before the UNBLOCKED it causes."""
+        pid = await f.project(gql)
+        await f.agent(gql, name="w1")
+        async with Sub(schema, services, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
+            batch = await gql.execute(
+                "mutation($p: ID!, $t: [CreateTaskInput!]!) { createTasks(projectId: $p, tasks: $t) { id } }",
+                p=pid,
+                t=[
+                    {"title": "first", "taskType": "research", "ref": "first", "requiresReview": False},
+                    {"title": "second", "taskType": "research", "dependsOnRefs": ["first"]},
+                    {"title": "third", "taskType": "research"},
+                ],
+            )
+            first, second, third = (t["id"] for t in batch["createTasks"])
+            await f.claim(gql, task_id=first, agent="w1")
+            await f.transition(gql, "submitTask", id=first, agent="w1")
+            await got.wait_for_count(6)
+        assert [(e["type"], e["taskId"]) for e in got.values] == [
+            ("CREATED", first),
+            ("CREATED", second),
+            ("CREATED", third),
+            ("CLAIMED", first),
+            ("SUBMITTED", first),
+            ("UNBLOCKED", second),
+        ]
+        assert_exact_log(got.values, await all_events(gql))
+
+
 @pytest.mark.postgres_only
 class TestResume:
     async def test_resubscribing_after_the_last_id_seen_yields_the_exact_log(self, gql, schema, services):

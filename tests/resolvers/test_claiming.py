@@ -157,6 +157,16 @@ class TestConcurrencyLimit:
         await f.transition(gql, "submitTask", id=first, agent="solo")
         assert await claim_next(gql, "solo") == second
 
+    async def test_soft_deleted_task_frees_a_slot(self, gql, pid):
+        await f.agent(gql, name="solo", maxConcurrentTasks=1)
+        first = await new_task(gql, pid, "first")
+        second = await new_task(gql, pid, "second")
+        await f.claim(gql, task_id=first, agent="solo")
+        await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=first)
+        agent = await gql.execute('{ agent(name: "solo") { status currentTasks { id } } }')
+        assert agent["agent"] == {"status": "ONLINE", "currentTasks": []}
+        assert await claim_next(gql, "solo") == second
+
 
 class TestClaimNextFilters:
     async def test_project_filter_picks_from_that_project_only(self, gql, pid):

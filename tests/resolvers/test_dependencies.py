@@ -80,6 +80,26 @@ class TestDependencyGating:
         assert failure.code == "DEPENDENCIES_NOT_MET"
         assert await state(gql, second) == before
 
+    async def test_task_created_on_a_completed_dependency_is_ready(self, gql, pid):
+        first = await new_task(gql, pid, "first")
+        await complete(gql, first)
+        second = await new_task(gql, pid, "second", dependsOn=[first])
+        task = await view(gql, second)
+        assert (task["status"], task["ready"], task["blockedBy"]) == ("PENDING", True, [])
+        assert ids(task["dependencies"]) == [first]
+        claimed = await gql.execute('mutation { claimNextTask(agent: "w1") { id } }')
+        assert claimed["claimNextTask"] == {"id": second}
+
+    async def test_task_created_on_a_completed_and_an_unfinished_dependency_waits_for_one(self, gql, pid):
+        done = await new_task(gql, pid, "done")
+        await complete(gql, done)
+        open_ = await new_task(gql, pid, "open")
+        waiting = await new_task(gql, pid, "waiting", dependsOn=[done, open_])
+        assert ids((await view(gql, waiting))["blockedBy"]) == [open_]
+        await complete(gql, open_)
+        assert (await view(gql, waiting))["ready"] is True
+        assert len(await unblocked(gql, waiting)) == 1
+
     async def test_claim_next_skips_blocked_task(self, gql, pid):
         first = await new_task(gql, pid, "first", priority=1)
         await new_task(gql, pid, "second", priority=10, dependsOn=[first])

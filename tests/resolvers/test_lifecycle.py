@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from task_service.services import Services
 from tests import factories as f
-from tests.conftest import Client, GraphQLFailure, make_settings
+from tests.conftest import Client, GraphQLFailure, with_settings
 
 STATUSES = ["PENDING", "ASSIGNED", "RUNNING", "REVIEWING", "COMPLETED", "FAILED", "CANCELLED"]
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED"]
@@ -86,13 +84,15 @@ async def pid(gql: Any) -> str:
     return project_id
 
 
+def served_with(gql: Client, **settings: Any) -> Client:
+    """The same database served with some settings changed."""
+    return Client(gql.schema, with_settings(gql.services, **settings))
+
+
 @pytest.fixture
-async def backoff_gql(gql: Any) -> AsyncIterator[Client]:
+def backoff_gql(gql: Client) -> Client:
     """The same database served with RETRY_BACKOFF_SECONDS=30."""
-    svc = Services.build(make_settings(gql.services.settings.database_url, retry_backoff_seconds=30))
-    await svc.start()
-    yield Client(gql.schema, svc)
-    await svc.close()
+    return served_with(gql, retry_backoff_seconds=30)
 
 
 class TestCreateTask:
@@ -285,6 +285,19 @@ class TestReviewTask:
         assert await state(gql, tid) == before
         assert (await agent_state(gql, "w1"))["stats"]["completedTasks"] == 0
 
+    async def test_only_the_designated_reviewer_may_review(self, gql, pid):
+        await f.agent(gql, name="chief")
+        tid = await task_in(gql, pid, "REVIEWING", reviewer="chief")
+        before = await state(gql, tid)
+        failure = await gql.error(
+            'mutation($id: ID!) { reviewTask(id: $id, reviewer: "rev", approved: true) { id } }', id=tid
+        )
+        assert failure.code == "FORBIDDEN"
+        assert "chief" in str(failure)
+        assert await state(gql, tid) == before
+        approved = await f.transition(gql, "reviewTask", id=tid, reviewer="chief", approved=True)
+        assert approved["status"] == "COMPLETED"
+
     async def test_rejection_with_attempts_left_returns_task_to_pending_with_feedback(self, gql, pid):
         tid = await task_in(gql, pid, "REVIEWING", maxAttempts=2)
         await f.transition(gql, "reviewTask", id=tid, reviewer="rev", approved=False, feedback="too short")
@@ -381,6 +394,25 @@ class TestFailTask:
         failure = await gql.error('mutation($id: ID!) { claimTask(id: $id, agent: "w2") { id } }', id=tid)
         assert failure.code == "INVALID_TRANSITION"
         assert await state(gql, tid) == s
+
+    async def test_backoff_doubles_with_each_attempt_up_to_its_cap(self, gql, pid):
+        capped = served_with(gql, retry_backoff_seconds=10, retry_backoff_max_seconds=25)
+        tid = (await f.task(gql, project_id=pid, maxAttempts=4))["id"]
+        for attempt, delay in ((1, 10), (2, 20), (3, 25)):
+            claimed = await f.claim(gql, task_id=tid, agent="w1")
+            assert claimed["attempt"] == attempt
+            before = datetime.now(UTC)
+            failed = await f.transition(capped, "failTask", id=tid, agent="w1", error="busy")
+            after = datetime.now(UTC)
+            assert (failed["status"], failed["ready"]) == ("PENDING", False)
+            available = at(failed["availableAt"])
+            assert before + timedelta(seconds=delay) <= available <= after + timedelta(seconds=delay), attempt
+            # Bring the retry forward instead of waiting it out.
+            await gql.execute(
+                "mutation($id: ID!, $at: DateTime) { updateTask(id: $id, input: {availableAt: $at}) { id } }",
+                id=tid,
+                at=(before - timedelta(seconds=1)).isoformat(),
+            )
 
     async def test_non_retryable_failure_fails_the_task(self, gql, pid):
         tid = await task_in(gql, pid, "RUNNING", maxAttempts=3)
