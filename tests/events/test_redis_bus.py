@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import socket
@@ -122,7 +121,9 @@ class TestRedisBus:
                     await got.wait_for_count(20)
                     redis_server.kill()
                     killed_at = time.monotonic()
-                    await asyncio.sleep(1.0)  # writes go on while Redis is down
+                    # Writes go on while Redis is down (their signals are lost).
+                    down_from = writer.sequencer.horizon
+                    await wait_until(lambda: writer.sequencer.horizon >= down_from + 20, what="writes without Redis")
                     redis_server.start()
                     await wait_until(
                         lambda: writer.bus.reconnects >= 1 and reader.bus.reconnects >= 1,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import tracemalloc
 
 import pytest
@@ -28,18 +27,18 @@ from tests.events.helpers import (
     writers,
 )
 
-LATENCY_BOUND = 1.0
-
 
 class TestLiveLifecycle:
-    async def test_every_lifecycle_event_arrives_in_order_within_a_second(self, gql, schema, services):
+    async def test_every_lifecycle_event_arrives_in_order(self, gql, schema, services):
+        """Each change reaches a live subscriber before the next is made (awaited with a
+        deadline; how fast is bench/'s question)."""
         pid = await f.project(gql)
         await f.agent(gql, name="writer")
         await f.agent(gql, name="reviewer")
         steps = []
         async with Sub(schema, services, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
             task = await f.task(gql, project_id=pid)
-            steps.append(("CREATED", time.monotonic()))
+            steps.append("CREATED")
             tid = task["id"]
             script = [
                 ("CLAIMED", "claimTask", {"agent": "writer"}),
@@ -51,15 +50,12 @@ class TestLiveLifecycle:
             await got.wait_for_count(1)
             for expected_type, mutation, args in script:
                 await f.transition(gql, mutation, id=tid, **args)
-                steps.append((expected_type, time.monotonic()))
+                steps.append(expected_type)
                 await got.wait_for_count(len(steps))
             received = list(got.values)
-            latencies = [max(0.0, got.times[i] - returned) for i, (_, returned) in enumerate(steps)]
 
-        print(f"\nlifecycle latencies ({services.engine.dialect.name}):", [f"{x * 1000:.1f}ms" for x in latencies])
-        assert [e["type"] for e in received] == [t for t, _ in steps]
+        assert [e["type"] for e in received] == steps
         assert all(e["taskId"] == tid for e in received)
-        assert max(latencies) < LATENCY_BOUND
         assert_exact_log(received, await all_events(gql))
 
 
@@ -129,18 +125,16 @@ class TestAcrossProcesses:
                 await sub.read_through(expected[-1]["id"], seen)
         assert_exact_log(seen, expected)
 
-    async def test_remote_event_arrives_within_a_second(self, gql, database_url, schema, services):
+    async def test_each_remote_event_arrives_before_the_next_change(self, gql, database_url, schema, services):
         pid = await f.project(gql)
         async with another_process(database_url) as other:
             async with Sub(schema, other, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
-                latencies = []
+                created = []
                 for i in range(5):
-                    await f.task(gql, project_id=pid, title=f"t{i}")
-                    returned = time.monotonic()
+                    created.append((await f.task(gql, project_id=pid, title=f"t{i}"))["id"])
                     await got.wait_for_count(i + 1)
-                    latencies.append(max(0.0, got.times[i] - returned))
-        print("\ncross-process latencies:", [f"{x * 1000:.1f}ms" for x in latencies])
-        assert max(latencies) < LATENCY_BOUND
+        assert [e["taskId"] for e in got.values] == created
+        assert_exact_log(got.values, await all_events(gql))
 
 
 @pytest.mark.postgres_only
