@@ -46,8 +46,10 @@ def at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def close_to(value: str, expected: datetime, *, tolerance: float = 5) -> bool:
-    return abs((at(value) - expected).total_seconds()) <= tolerance
+def set_during(value: str, began: datetime, ended: datetime, *, plus: float) -> bool:
+    """`value` is `plus` seconds after a moment between `began` and `ended` (the call that
+    set it): exact however long the call took."""
+    return began + timedelta(seconds=plus) <= at(value) <= ended + timedelta(seconds=plus)
 
 
 async def task_in(gql: Any, pid: str, status: str, **extra: Any) -> str:
@@ -123,12 +125,13 @@ class TestClaimTask:
         tid = (await f.task(gql, project_id=pid))["id"]
         before = datetime.now(UTC)
         claimed = await f.claim(gql, task_id=tid, agent="w1")
+        after = datetime.now(UTC)
         assert claimed["status"] == "ASSIGNED"
         assert claimed["attempt"] == 1
         assert claimed["assignee"] == {"name": "w1"}
         s = await state(gql, tid)
         lease = gql.services.settings.lease
-        assert close_to(s["task"]["leaseExpiresAt"], before + timedelta(seconds=lease))
+        assert set_during(s["task"]["leaseExpiresAt"], before, after, plus=lease)
         assert s["task"]["ready"] is False
         assert [(e["type"], e["fromStatus"], e["toStatus"], e["actor"]) for e in s["events"]][-1] == (
             "CLAIMED",
@@ -383,11 +386,12 @@ class TestFailTask:
 
     async def test_retry_waits_out_the_backoff(self, gql, backoff_gql, pid):
         tid = await task_in(gql, pid, "RUNNING")
-        failed_at = datetime.now(UTC)
+        before = datetime.now(UTC)
         await f.transition(backoff_gql, "failTask", id=tid, agent="w1", error="rate limited")
+        after = datetime.now(UTC)
         s = await state(gql, tid)
         assert s["task"]["status"] == "PENDING"
-        assert close_to(s["task"]["availableAt"], failed_at + timedelta(seconds=30))
+        assert set_during(s["task"]["availableAt"], before, after, plus=30)
         assert s["task"]["ready"] is False
         claimed = await gql.execute('mutation { claimNextTask(agent: "w2") { id } }')
         assert claimed["claimNextTask"] is None
@@ -405,8 +409,7 @@ class TestFailTask:
             failed = await f.transition(capped, "failTask", id=tid, agent="w1", error="busy")
             after = datetime.now(UTC)
             assert (failed["status"], failed["ready"]) == ("PENDING", False)
-            available = at(failed["availableAt"])
-            assert before + timedelta(seconds=delay) <= available <= after + timedelta(seconds=delay), attempt
+            assert set_during(failed["availableAt"], before, after, plus=delay), (attempt, failed["availableAt"])
             # Bring the retry forward instead of waiting it out.
             await gql.execute(
                 "mutation($id: ID!, $at: DateTime) { updateTask(id: $id, input: {availableAt: $at}) { id } }",
