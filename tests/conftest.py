@@ -3,6 +3,7 @@ Services against it, emptied before each test, and a GraphQL helper."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import uuid
@@ -95,6 +96,26 @@ async def empty_database(services: Services) -> None:
                 await session.execute(text("DELETE FROM sqlite_sequence"))
         else:
             await session.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+
+
+async def wait_for_lock_waiter(session: Any, *, deadline: float = 10) -> None:
+    """Poll until another backend of this database waits for a lock (PostgreSQL): a
+    concurrent transaction of the test is blocked behind the one `session` holds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while loop.time() < end:
+        waiting = await session.scalar(
+            text(
+                # A row lock wait is on the holder's transaction id, which names no database:
+                # the waiting backend's own database tells this test's waits from others'.
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE NOT l.granted AND l.pid <> pg_backend_pid() AND a.datname = current_database()"
+            )
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no concurrent transaction started waiting for the lock")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from tests import factories as f
+from tests.conftest import wait_for_lock_waiter
 
 VIEW = "id status ready blockedBy { id } dependencies { id } dependents { id }"
 ADD = "mutation($t: ID!, $d: ID!) { addDependency(taskId: $t, dependsOn: $d) { id ready } }"
@@ -251,20 +252,6 @@ class TestAddDependency:
         assert ids((await view(gql, waiting))["blockedBy"]) == [added]
         await complete(gql, added)
         assert (await view(gql, waiting))["ready"] is True
-
-
-async def wait_for_lock_waiter(session: Any, *, deadline: float = 10) -> None:
-    """Poll until another backend waits for a lock (PostgreSQL)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while loop.time() < end:
-        waiting = await session.scalar(
-            text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("no concurrent transaction started waiting for the lock")
 
 
 class TestRemoveDependency:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from tests import factories as f
-from tests.conftest import Client, GraphQLFailure, with_settings
+from tests.conftest import Client, GraphQLFailure, wait_for_lock_waiter, with_settings
 
 STATUSES = ["PENDING", "ASSIGNED", "RUNNING", "REVIEWING", "COMPLETED", "FAILED", "CANCELLED"]
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED"]
@@ -503,20 +503,6 @@ class TestCancelTask:
         failure = await asyncio.wait_for(cancel, 10)
         assert failure.code == "INVALID_TRANSITION"
         assert (await state(gql, tid))["task"]["status"] == "COMPLETED"
-
-
-async def wait_for_lock_waiter(session: Any, *, deadline: float = 10) -> None:
-    """Poll until another backend waits for a row lock (PostgreSQL)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while loop.time() < end:
-        waiting = await session.scalar(
-            text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("no concurrent transaction started waiting for the lock")
 
 
 # Where each action is allowed from (claimTask on a held task is CONFLICT, see test_claiming).
