@@ -11,18 +11,22 @@ from typing import Any
 
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import __version__
 from .db.migrate import upgrade_to_head
 from .errors import DomainError, ErrorCode
 from .reaper import Reaper
-from .resolvers.context import GraphQLApp
+from .resolvers.auth import authenticate, header_credentials
 from .resolvers.stats import dashboard_stats_json
+from .resolvers.transport import GraphQLApp, TransportError, error_response
 from .schema.root import build_schema
 from .services import Services
 from .settings import Settings
@@ -46,6 +50,7 @@ def create_app(settings: Settings) -> Starlette:
         reaper.start()
         app.state.services = services
         graphql.services = services
+        log.info("%s", auth_mode(settings))
         if settings.api_key is None and settings.host not in {"127.0.0.1", "localhost", "::1"}:
             log.warning("API_KEY is not set and the service listens on %s: anyone can call it", settings.host)
         try:
@@ -94,6 +99,8 @@ def create_app(settings: Settings) -> Starlette:
 
     async def stats(request: Request) -> Response:
         services: Services = request.app.state.services
+        if (refusal := await require_credential(request)) is not None:
+            return refusal
         try:
             return JSONResponse(await dashboard_stats_json(services, request.query_params.get("projectId")))
         except DomainError as exc:
@@ -109,7 +116,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ]
-    middleware = []
+    middleware = [Middleware(SecurityHeaders)]
+    if settings.trusted_proxies:
+        # X-Forwarded-For / -Proto are believed only from these peers (uvicorn itself runs
+        # with proxy headers off: see cli.py), so a client cannot pick its own address.
+        middleware.insert(0, Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies))
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -123,6 +134,65 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.schema = schema
     return app
+
+
+def auth_mode(settings: Settings) -> str:
+    """One line saying how callers are authenticated."""
+    if settings.auth_enabled:
+        return "authentication: on (API_KEY set): X-API-Key or an agent's Bearer token on every GraphQL call"
+    return "authentication: off (API_KEY not set): anyone who can reach the port can act as any agent"
+
+
+async def require_credential(request: Request) -> Response | None:
+    """For the plain-HTTP views that need a credential when API_KEY is set (/dashboard/stats,
+    /metrics): None when the caller may proceed, else the 401 to send."""
+    services: Services = request.app.state.services
+    api_key, authorization = header_credentials(request.headers)
+    client_ip = request.client.host if request.client else None
+    caller = await authenticate(services, api_key, authorization, client_ip=client_ip)
+    if caller.authenticated:
+        return None
+    return error_response(
+        TransportError(401, ErrorCode.UNAUTHENTICATED, caller.problem or "", headers={"WWW-Authenticate": "Bearer"})
+    )
+
+
+# Our pages load only our own files (the dashboard and GraphiQL are vendored), talk only to
+# this origin, and may not be framed.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; font-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'; object-src 'none'"
+)
+_COMMON_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class SecurityHeaders:
+    """Hardening headers on every HTTP response, and a Content-Security-Policy on pages."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _COMMON_HEADERS:
+                    headers.append(name.decode(), value.decode())
+                if headers.get("content-type", "").startswith("text/html"):
+                    headers.append("content-security-policy", CONTENT_SECURITY_POLICY)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app_from_env() -> Starlette:

@@ -117,10 +117,11 @@ def serve_command(args: argparse.Namespace) -> int:
         os.environ["AUTO_MIGRATE"] = "false"
 
     graphiql = f"{_url(_browsable(settings.host), settings.port)}/graphql"
+    auth = "API key required" if settings.auth_enabled else "open: API_KEY not set"
     print(
         f"task-service {__version__} listening on {_url(settings.host, settings.port)} "
         f"(database {_masked(settings.database_url)}; "
-        f"GraphiQL {graphiql if settings.graphiql else 'off'})",
+        f"GraphiQL {graphiql if settings.graphiql else 'off'}; authentication {auth})",
         flush=True,
     )
     uvicorn.run(
@@ -131,8 +132,10 @@ def serve_command(args: argparse.Namespace) -> int:
         workers=workers,
         reload=args.reload,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
-        forwarded_allow_ips=",".join(settings.trusted_proxies) or "127.0.0.1",
+        # The app reads X-Forwarded-For itself, only from TRUSTED_PROXIES (app.py); uvicorn's
+        # own handling would trust 127.0.0.1 by default.
+        proxy_headers=False,
+        ws_max_size=settings.max_body_bytes,
     )
     return 0
 

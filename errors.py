@@ -69,3 +69,21 @@ class StaleAttempt(DomainError):
 
 class Forbidden(DomainError):
     code = ErrorCode.FORBIDDEN
+
+
+class Unauthenticated(DomainError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class RateLimited(DomainError):
+    """Too many mutations from one caller; `retryAfter` says when to try again (seconds)."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, retryAfter=retry_after)
+        self.retry_after = retry_after
+
+
+class QueryTooComplex(DomainError):
+    code = ErrorCode.QUERY_TOO_COMPLEX

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from .events.single_flight import SingleFlight
 from .events.snapshots import TaskSnapshots
 from .events.stats_hub import StatsHub
 from .events.tail import LogTail
+from .ratelimit import RateLimiter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,9 +38,14 @@ class Services:
     snapshots: TaskSnapshots = field(init=False)
     shared_results: SingleFlight[Any] = field(init=False)
     is_sqlite: bool = field(init=False)
+    rate_limiter: RateLimiter | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        limit = self.settings.rate_limit
+        self.rate_limiter = (
+            RateLimiter(limit, self.settings.rate_limit_storage_url, namespace=self._database_key()) if limit else None
+        )
         self.tail = LogTail(self.sessionmaker)
         self.snapshots = TaskSnapshots(self.sessionmaker)
         self.shared_results = SingleFlight(capacity=1024)
@@ -51,12 +58,19 @@ class Services:
 
         self.stats_hub = StatsHub(self.bus, compute, min_interval=self.settings.stats_min_interval_seconds)
 
+    def _database_key(self) -> str:
+        """A short stable name for the database this service runs on (its host, port and
+        name; never the password)."""
+        url = self.engine.url
+        return hashlib.sha256(f"{url.host}:{url.port}/{url.database}".encode()).hexdigest()[:16]
+
     @classmethod
     def build(cls, settings: Settings) -> Services:
         engine = create_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
+            statement_timeout_seconds=settings.statement_timeout_seconds,
         )
         return cls(settings, engine, create_sessionmaker(engine), EventBus(settings.effective_broadcast_url))
 

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(900, ge=0)
     soft_delete_retention_days: float = Field(30, ge=0)
     idempotency_retention_hours: float = Field(24, gt=0)
+    # Mutations per caller, in the `limits` notation ("600/minute", "20/second;600/minute");
+    # unset or "off": no limit.
     rate_limit: str | None = None
     rate_limit_storage_url: str = "memory://"
     max_query_depth: int = Field(12, ge=1)
@@ -64,6 +66,13 @@ class Settings(BaseSettings):
     max_page_size: int = Field(500, ge=1)
     max_batch_size: int = Field(1000, ge=1)
     max_subscriptions_per_connection: int = Field(20, ge=1)
+    max_query_cost: int = Field(50_000, ge=1)
+    max_directives: int = Field(50, ge=0)
+    max_batch_operations: int = Field(10, ge=1, le=100)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_json_depth: int = Field(32, ge=2, le=500)
+    ws_init_timeout_seconds: float = Field(10, gt=0)
+    statement_timeout_seconds: float = Field(30, ge=0)
     max_subscriber_lag: int = Field(10_000, ge=1)
     stats_min_interval_seconds: float = Field(0.5, ge=0)
     ws_keepalive_seconds: float = Field(15, gt=0)
@@ -78,6 +87,33 @@ class Settings(BaseSettings):
         if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
             raise ValueError("must be a postgresql:// or sqlite:// URL")
         return url
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        if value is not None and len(value.strip()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return value.strip() if value is not None else None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in {"off", "none", "0"}:
+            return None
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError('must look like "600/minute" or "20/second;600/minute", or be "off"') from None
+        return value.strip()
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _check_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("must be memory:// or redis://host:port[/db]")
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -112,6 +148,11 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     @property
+    def auth_enabled(self) -> bool:
+        """API_KEY set: every GraphQL operation needs the admin key or an agent token."""
+        return self.api_key is not None
+
+    @property
     def lease(self) -> float:
         assert self.lease_seconds is not None
         return self.lease_seconds
@@ -137,4 +178,5 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-        raise SettingsError(f"invalid {name}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"invalid {name}: {message}") from None

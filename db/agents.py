@@ -44,6 +44,15 @@ async def get_agent(session: AsyncSession, name: str) -> Agent | None:
     return await session.scalar(select(Agent).where(Agent.name == name))
 
 
+async def agent_by_token(session: AsyncSession, token: str) -> Agent | None:
+    """The live agent whose token this is, or None (unknown, rotated or revoked token).
+
+    Only the token's SHA-256 is stored: the token is 256 random bits, so a fast hash is
+    enough, and a lookup by hash reveals nothing about other tokens.
+    """
+    return await session.scalar(select(Agent).where(Agent.token_hash == hash_token(token), Agent.deleted_at.is_(None)))
+
+
 async def require_agent(session: AsyncSession, name: str, *, lock: bool = False) -> Agent:
     """The live agent called `name`, optionally locked (FOR UPDATE), or NotFound."""
     query = select(Agent).where(Agent.name == name)

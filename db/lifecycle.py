@@ -429,7 +429,11 @@ async def retry(session: AsyncSession, task_id: int, *, actor: str | None) -> Ta
     return task
 
 
-async def cancel(session: AsyncSession, task_id: int, *, reason: str | None, actor: str | None) -> Task:
+async def cancel(
+    session: AsyncSession, task_id: int, *, reason: str | None, actor: str | None, as_agent: int | None = None
+) -> Task:
+    """Cancel an unfinished task. `as_agent`: the calling agent, which may not cancel a task
+    another agent holds (FORBIDDEN)."""
     # Agent before task (the claim order). Read only the assignee id unlocked: a Task loaded
     # here would stay in the identity map and hide the state committed while we wait for the lock.
     assignee_id = await session.scalar(select(Task.assignee_id).where(Task.id == task_id))
@@ -437,6 +441,8 @@ async def cancel(session: AsyncSession, task_id: int, *, reason: str | None, act
     task = await require_task(session, task_id, lock=True)
     if task.status in TERMINAL_STATUSES:
         raise InvalidTransition(f"task {task_id} is already {task.status}; only unfinished tasks can be cancelled")
+    if as_agent is not None and task.assignee_id is not None and task.assignee_id != as_agent:
+        raise Forbidden(f"task {task_id} is held by another agent; only that agent or the admin key can cancel it")
     before = task.status
     now = utcnow()
     task.status = TaskStatus.CANCELLED.value

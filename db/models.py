@@ -34,6 +34,7 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     description: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=ProjectStatus.ACTIVE.value)
+    created_by: Mapped[str | None] = mapped_column(String(NAME_LENGTH))  # the agent, when one created it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -34,6 +34,15 @@ async def require_project(session: AsyncSession, project_id: int, *, for_update:
     return project
 
 
+async def project_creator(session: AsyncSession, project_id: int) -> str | None:
+    """Who created the project (None: the admin, or before creators were recorded); NotFound
+    when it does not exist at all. Reads only that column, so no row is cached unlocked."""
+    found = (await session.execute(select(Project.created_by).where(Project.id == project_id))).first()
+    if found is None:
+        raise NotFound(f"project {project_id} does not exist; check the id")
+    return found[0]
+
+
 async def projects_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Project]:
     rows = await session.scalars(select(Project).where(Project.id.in_(ids)))
     return {row.id: row for row in rows}
@@ -50,8 +59,10 @@ async def list_projects(
     return (await session.scalars(query)).all()
 
 
-async def create_project(session: AsyncSession, *, name: str, description: str | None, status: str) -> Project:
-    project = Project(name=name, description=description, status=status)
+async def create_project(
+    session: AsyncSession, *, name: str, description: str | None, status: str, created_by: str | None = None
+) -> Project:
+    project = Project(name=name, description=description, status=status, created_by=created_by)
     session.add(project)
     await session.flush()
     return project

@@ -9,12 +9,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
 
-def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 15, **kwargs: Any) -> AsyncEngine:
-    """An async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite), tuned for the service."""
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 15,
+    statement_timeout_seconds: float = 0,
+    **kwargs: Any,
+) -> AsyncEngine:
+    """An async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite), tuned for the service.
+
+    On PostgreSQL, `statement_timeout_seconds` (0: none) bounds every statement of the pool's
+    connections, so no request can hold a connection and its locks indefinitely.
+    """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, poolclass=NullPool if ":memory:" not in url else None, **kwargs)
         _configure_sqlite(engine)
         return engine
+    if statement_timeout_seconds > 0:
+        server_settings = {"statement_timeout": str(int(statement_timeout_seconds * 1000))}
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "server_settings": server_settings}
     return create_async_engine(
         url,
         pool_size=pool_size,

@@ -86,6 +86,15 @@ async def require_task(session: AsyncSession, task_id: int, *, lock: bool = Fals
     return task
 
 
+async def task_creator(session: AsyncSession, task_id: int) -> str | None:
+    """`createdBy` of the task, or NotFound when it does not exist at all. Reads only that
+    column, so no row is cached unlocked in the session."""
+    found = (await session.execute(select(Task.created_by).where(Task.id == task_id))).first()
+    if found is None:
+        raise NotFound(f"task {task_id} does not exist; check the id")
+    return found[0]
+
+
 async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Task]:
     rows = await session.scalars(select(Task).where(Task.id.in_(ids)))
     return {row.id: row for row in rows}

@@ -13,7 +13,6 @@ from ..schema.agents import Agent, AgentRegistration, RegisterAgentInput
 from ..schema.enums import AgentStatus
 from . import validate
 from .context import Context
-from .lifecycle import agent_name
 
 Info = strawberry.Info[Context, None]
 
@@ -46,6 +45,7 @@ class AgentMutation:
     @strawberry.mutation(description="Upsert by name; re-registering rotates the token.")
     async def register_agent(self, info: Info, input: RegisterAgentInput) -> AgentRegistration:
         name = validate.name(input.name, "name") or ""
+        info.context.caller.require_self(name, "register (or rotate the token of)")
         role = validate.name(input.role, "role", required=False)
         skills = validate.labels(input.skills, "skills")
         limit = validate.int_range(input.max_concurrent_tasks, "maxConcurrentTasks", 1, 1000)
@@ -63,7 +63,7 @@ class AgentMutation:
 
     @strawberry.mutation(description="Renews the leases of the agent's tasks.")
     async def heartbeat(self, info: Info, agent: str | None = None) -> Agent:
-        name = agent_name(agent)
+        name = info.context.caller.acting_agent(agent)
         async with info.context.services.transaction() as session:
             row = await db.require_agent(session, name, lock=True)
             await db.touch(session, row, lease_seconds=info.context.settings.lease)
@@ -71,7 +71,11 @@ class AgentMutation:
 
     @strawberry.mutation(description="Its active tasks return to PENDING; hard: true erases the agent.")
     async def unregister_agent(self, info: Info, name: str, hard: bool | None = False) -> bool:
-        actor = info.context.caller()
+        caller = info.context.caller
+        caller.require_self(name, "unregister")
+        if hard:
+            caller.require_admin("hard-delete an agent")
+        actor = caller.actor
         async with info.context.services.transaction() as session:
             row = await db.get_agent(session, name)
             if row is None:
@@ -89,6 +93,7 @@ class AgentMutation:
 
     @strawberry.mutation
     async def restore_agent(self, info: Info, name: str) -> Agent:
+        info.context.caller.require_self(name, "restore")
         async with info.context.services.transaction() as session:
             row = await db.get_agent(session, name)
             if row is None:

@@ -1,24 +1,19 @@
-"""The per-request context and the Strawberry ASGI app that builds it."""
+"""The per-request (or per-WebSocket-connection) context every resolver receives."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
-from strawberry.schema import BaseSchema
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
 from ..errors import BadInput
 from ..events.single_flight import SingleFlight
 from ..services import Services
 from ..settings import Settings
+from .auth import Caller
 from .loaders import Loaders
 
 
@@ -27,6 +22,11 @@ class Context:
     services: Services
     request: Request | WebSocket | None = None
     response: Any = None
+    # Who is calling (resolvers/auth.py). Code that runs operations in-process (the seed
+    # command, tests) acts as an open caller unless it says otherwise.
+    caller: Caller = field(default_factory=Caller.open)
+    # The WebSocket connection_init payload; strawberry sets it before on_ws_connect.
+    connection_params: dict[str, Any] | None = None
     loaders: Loaders = field(init=False)
     subscriptions: int = 0
 
@@ -44,6 +44,12 @@ class Context:
         """Subscription results rendered once per event for all subscribers (schema/shared_results.py)."""
         return self.services.shared_results
 
+    @property
+    def result_scope(self) -> Hashable:
+        """Part of the key under which subscription results are shared: only subscribers
+        who may see the same things share an execution."""
+        return self.caller.scope
+
     def page_size(self, first: int | None, *, default: int = 50) -> int:
         """`first` checked against 0..MAX_PAGE_SIZE."""
         limit = self.settings.max_page_size
@@ -52,60 +58,3 @@ class Context:
         if first < 0 or first > limit:
             raise BadInput(f"first must be between 0 and {limit} (MAX_PAGE_SIZE); got {first}")
         return first
-
-    def caller(self, agent: str | None = None) -> str:
-        """Who is acting, for idempotency keys and event actors (authentication comes later:
-        until then the named agent, else anonymous)."""
-        return f"agent:{agent}" if agent else "anonymous"
-
-
-class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws with server keep-alives. Strawberry sends them ("ka") only on the
-    legacy graphql-ws protocol; here the server sends a protocol `ping` every
-    WS_KEEPALIVE_SECONDS after the connection is acknowledged, so proxies and load balancers
-    do not drop an idle subscription (clients answer with `pong`)."""
-
-    _keep_alive_task: asyncio.Task[None] | None = None
-
-    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        await super().handle_connection_init(message)
-        if self.connection_acknowledged and self._keep_alive_task is None:
-            self._keep_alive_task = asyncio.create_task(self._keep_alive(), name="ws-keep-alive")
-
-    async def _keep_alive(self) -> None:
-        interval = float(getattr(self.view, "keep_alive_interval", None) or 15.0)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.send_message({"type": "ping"})
-            except Exception:  # the socket is gone; shutdown() follows
-                return
-
-    async def shutdown(self) -> None:
-        task, self._keep_alive_task = self._keep_alive_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await super().shutdown()
-
-
-class GraphQLApp(GraphQL[Context, None]):
-    """Strawberry's ASGI app; `services` is set by the lifespan before the first request."""
-
-    graphql_transport_ws_handler_class = KeepAliveTransportWSHandler
-
-    def __init__(self, schema: BaseSchema, *, settings: Settings):
-        super().__init__(
-            schema,
-            graphql_ide="graphiql" if settings.graphiql else None,
-            allow_queries_via_get=True,
-            keep_alive=True,
-            keep_alive_interval=settings.ws_keepalive_seconds,
-            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
-        )
-        self.services: Services | None = None
-
-    async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
-        assert self.services is not None, "the app's lifespan has not started"
-        return Context(services=self.services, request=request, response=response)

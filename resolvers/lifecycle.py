@@ -33,20 +33,11 @@ def policy(info: Info) -> db.Policy:
     )
 
 
-def agent_name(agent: str | None) -> str:
-    """The acting agent; required while authentication is off (no token to name it)."""
-    if agent is None:
-        raise BadInput("agent is required: pass the name of the agent acting")
-    name = validate.name(agent, "agent")
-    assert name is not None
-    return name
-
-
 async def run(
     info: Info, operation: str, action: Action, *, agent: str | None, key: str | None, caller: str | None = None
 ) -> TaskRow:
     """One transaction: replay an idempotent repeat, else lock the agent (if any) and act."""
-    who = caller or info.context.caller(agent)
+    who = caller or info.context.caller.idempotency_owner(agent)
     async with info.context.services.transaction() as session:
         if key is not None:
             prior = await idempotency.claim_key(session, caller=who, key=key, operation=operation)
@@ -68,7 +59,7 @@ class LifecycleMutation:
     async def claim_task(
         self, info: Info, id: strawberry.ID, agent: str | None = None, idempotency_key: str | None = None
     ) -> Task:
-        task_id, name = validate.parse_id(id), agent_name(agent)
+        task_id, name = validate.parse_id(id), info.context.caller.acting_agent(agent)
         row = await run(
             info, "claimTask", lambda s, a: db.claim(s, task_id, a, policy(info)), agent=name, key=idempotency_key
         )
@@ -82,7 +73,7 @@ class LifecycleMutation:
         project_id: strawberry.ID | None = None,
         tags: list[str] | None = None,
     ) -> Task | None:
-        name = agent_name(agent)
+        name = info.context.caller.acting_agent(agent)
         pid = validate.optional_id(project_id, "projectId")
         labels = validate.labels(tags, "tags")
         async with info.context.services.transaction() as session:
@@ -99,7 +90,7 @@ class LifecycleMutation:
         attempt: int | None = None,
         idempotency_key: str | None = None,
     ) -> Task:
-        task_id, name = validate.parse_id(id), agent_name(agent)
+        task_id, name = validate.parse_id(id), info.context.caller.acting_agent(agent)
         row = await run(
             info,
             "startTask",
@@ -119,7 +110,7 @@ class LifecycleMutation:
         message: str | None = None,
         attempt: int | None = None,
     ) -> Task:
-        task_id, name = validate.parse_id(id), agent_name(agent)
+        task_id, name = validate.parse_id(id), info.context.caller.acting_agent(agent)
         validate.int_range(progress, "progress", 0, 100)
         validate.description(message)
         row = await run(
@@ -144,7 +135,7 @@ class LifecycleMutation:
         attempt: int | None = None,
         idempotency_key: str | None = None,
     ) -> Task:
-        task_id, name = validate.parse_id(id), agent_name(agent)
+        task_id, name = validate.parse_id(id), info.context.caller.acting_agent(agent)
         validate.description(summary)
         row = await run(
             info,
@@ -165,7 +156,7 @@ class LifecycleMutation:
         attempt: int | None = None,
         idempotency_key: str | None = None,
     ) -> Task:
-        task_id, name = validate.parse_id(id), agent_name(agent)
+        task_id, name = validate.parse_id(id), info.context.caller.acting_agent(agent)
         validate.description(reason)
         row = await run(
             info,
@@ -187,7 +178,7 @@ class LifecycleMutation:
         attempt: int | None = None,
         idempotency_key: str | None = None,
     ) -> Task:
-        task_id, name = validate.parse_id(id), agent_name(agent)
+        task_id, name = validate.parse_id(id), info.context.caller.acting_agent(agent)
         validate.text(error, "error", limit=10_000, required=True)
         row = await run(
             info,
@@ -211,7 +202,7 @@ class LifecycleMutation:
         idempotency_key: str | None = None,
     ) -> Task:
         task_id = validate.parse_id(id)
-        who = validate.name(reviewer, "reviewer") or ""
+        who = info.context.caller.acting_agent(reviewer)
         validate.description(feedback)
         row = await run(
             info,
@@ -219,7 +210,7 @@ class LifecycleMutation:
             lambda s, _: db.review(s, task_id, reviewer=who, approved=approved, feedback=feedback),
             agent=None,
             key=idempotency_key,
-            caller=info.context.caller(who),
+            caller=info.context.caller.idempotency_owner(who),
         )
         return Task.from_row(row)
 
@@ -229,7 +220,7 @@ class LifecycleMutation:
         row = await run(
             info,
             "retryTask",
-            lambda s, _: db.retry(s, task_id, actor=info.context.caller()),
+            lambda s, _: db.retry(s, task_id, actor=info.context.caller.actor),
             agent=None,
             key=idempotency_key,
         )
@@ -244,7 +235,9 @@ class LifecycleMutation:
         row = await run(
             info,
             "cancelTask",
-            lambda s, _: db.cancel(s, task_id, reason=reason, actor=info.context.caller()),
+            lambda s, _: db.cancel(
+                s, task_id, reason=reason, actor=info.context.caller.actor, as_agent=info.context.caller.agent_id
+            ),
             agent=None,
             key=idempotency_key,
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db import projects as db
 from ..schema.enums import ProjectStatus
 from ..schema.projects import CreateProjectInput, Project, UpdateProjectInput
 from . import validate
+from .auth import Caller
 from .context import Context
 
 Info = strawberry.Info[Context, None]
@@ -32,6 +34,14 @@ class ProjectQuery:
         return [Project.from_row(row) for row in rows]
 
 
+async def _may_change(session: AsyncSession, caller: Caller, project_id: int, *, hard: bool, action: str) -> None:
+    """Projects are changed, deleted and restored by the admin or the agent that created them."""
+    if hard:
+        caller.require_admin(f"{action} a project for good (hard: true)")
+    if caller.is_agent:
+        caller.require_creator(await db.project_creator(session, project_id), f"project {project_id}", action)
+
+
 @strawberry.type
 class ProjectMutation:
     @strawberry.mutation
@@ -44,6 +54,7 @@ class ProjectMutation:
                 name=name or "",
                 description=description,
                 status=(input.status or ProjectStatus.ACTIVE).value,
+                created_by=info.context.caller.agent_name,
             )
         return Project.from_row(row)
 
@@ -58,22 +69,27 @@ class ProjectMutation:
             if input.status is None:
                 raise validate.BadInput("status cannot be null; omit it to keep the current status")
             changes["status"] = input.status.value
+        project_id = validate.parse_id(id)
         async with info.context.services.transaction() as session:
-            row = await db.update_project(session, validate.parse_id(id), **changes)
+            await _may_change(session, info.context.caller, project_id, hard=False, action="change")
+            row = await db.update_project(session, project_id, **changes)
         return Project.from_row(row)
 
     @strawberry.mutation(description="Soft delete hides the project and its tasks; hard: true erases them.")
     async def delete_project(self, info: Info, id: strawberry.ID, hard: bool | None = False) -> bool:
         project_id = validate.parse_id(id)
         async with info.context.services.transaction() as session:
+            await _may_change(session, info.context.caller, project_id, hard=bool(hard), action="delete")
             if hard:
                 await db.hard_delete_project(session, project_id)
             else:
-                await db.soft_delete_project(session, project_id, actor=info.context.caller())
+                await db.soft_delete_project(session, project_id, actor=info.context.caller.actor)
         return True
 
     @strawberry.mutation
     async def restore_project(self, info: Info, id: strawberry.ID) -> Project:
+        project_id = validate.parse_id(id)
         async with info.context.services.transaction() as session:
-            row = await db.restore_project(session, validate.parse_id(id), actor=info.context.caller())
+            await _may_change(session, info.context.caller, project_id, hard=False, action="restore")
+            row = await db.restore_project(session, project_id, actor=info.context.caller.actor)
         return Project.from_row(row)

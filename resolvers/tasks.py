@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db import agents as db_agents
 from ..db import dependencies as db_deps
@@ -13,6 +14,7 @@ from ..db.lifecycle import matching_skill_sets
 from ..errors import BadInput, CycleDetected
 from ..schema.tasks import CreateTaskInput, PageInfo, Task, TaskConnection, TaskFilter, UpdateTaskInput
 from . import validate
+from .auth import Caller
 from .context import Context
 
 Info = strawberry.Info[Context, None]
@@ -84,7 +86,7 @@ class TaskQuery:
         return [Task.from_row(r) for r in rows]
 
 
-def _new_task(item: CreateTaskInput, index: int | None, refs: dict[str, int]) -> db.NewTask:
+def _new_task(item: CreateTaskInput, index: int | None, refs: dict[str, int], caller: Caller) -> db.NewTask:
     where = "" if index is None else f"tasks[{index}]."
     if index is None and (item.ref is not None or item.depends_on_refs):
         raise BadInput("ref and dependsOnRefs are for createTasks; use dependsOn with task ids here")
@@ -112,9 +114,23 @@ def _new_task(item: CreateTaskInput, index: int | None, refs: dict[str, int]) ->
         timeout_minutes=validate.int_range(item.timeout_minutes, f"{where}timeoutMinutes", 1, 525_600),
         available_at=item.available_at,
         due_at=item.due_at,
-        created_by=validate.name(item.created_by, f"{where}createdBy", required=False),
+        created_by=_creator(item.created_by, f"{where}createdBy", caller),
         idempotency_key=validate.text(item.idempotency_key, f"{where}idempotencyKey", limit=200),
     )
+
+
+def _creator(named: str | None, field: str, caller: Caller) -> str | None:
+    """createdBy: an agent token creates as its own agent (naming another is FORBIDDEN)."""
+    if caller.is_agent:
+        return caller.acting_agent(named)
+    return validate.name(named, field, required=False)
+
+
+async def _may_delete(session: AsyncSession, caller: Caller, task_id: int, *, hard: bool, action: str) -> None:
+    if hard:
+        caller.require_admin(f"{action} a task for good (hard: true)")
+    if caller.is_agent:
+        caller.require_creator(await db.task_creator(session, task_id), f"task {task_id}", action)
 
 
 def _check_acyclic(items: list[db.NewTask]) -> None:
@@ -154,7 +170,7 @@ class TaskMutation:
         if input.project_id is None:
             raise BadInput("projectId is required in createTask")
         project_id = validate.parse_id(input.project_id, "projectId")
-        item = _new_task(input, None, {})
+        item = _new_task(input, None, {}, info.context.caller)
         async with info.context.services.transaction() as session:
             from ..db.projects import require_project
 
@@ -179,7 +195,7 @@ class TaskMutation:
                 if ref in refs:
                     raise BadInput(f"tasks[{index}].ref '{ref}' is used twice; refs must be unique in a call")
                 refs[ref or ""] = index
-        items = [_new_task(item, index, refs) for index, item in enumerate(tasks)]
+        items = [_new_task(item, index, refs, info.context.caller) for index, item in enumerate(tasks)]
         _check_acyclic(items)
         keys = [i.idempotency_key for i in items if i.idempotency_key]
         if len(keys) != len(set(keys)):
@@ -224,7 +240,7 @@ class TaskMutation:
                 raise BadInput(f"{field} cannot be null; omit it to keep the current value")
             changes[field] = check(value)
         async with info.context.services.transaction() as session:
-            row = await db.update_task(session, validate.parse_id(id), changes, actor=info.context.caller())
+            row = await db.update_task(session, validate.parse_id(id), changes, actor=info.context.caller.actor)
         return Task.from_row(row)
 
     @strawberry.mutation
@@ -234,7 +250,7 @@ class TaskMutation:
                 session,
                 validate.parse_id(task_id, "taskId"),
                 validate.parse_id(depends_on, "dependsOn"),
-                actor=info.context.caller(),
+                actor=info.context.caller.actor,
             )
         return Task.from_row(row)
 
@@ -245,15 +261,17 @@ class TaskMutation:
                 session,
                 validate.parse_id(task_id, "taskId"),
                 validate.parse_id(depends_on, "dependsOn"),
-                actor=info.context.caller(),
+                actor=info.context.caller.actor,
             )
         return Task.from_row(row)
 
     @strawberry.mutation(description="Soft delete hides the task; hard: true erases it and its links.")
     async def delete_task(self, info: Info, id: strawberry.ID, hard: bool | None = False) -> bool:
         task_id = validate.parse_id(id)
-        actor = info.context.caller()
+        caller = info.context.caller
+        actor = caller.actor
         async with info.context.services.transaction() as session:
+            await _may_delete(session, caller, task_id, hard=bool(hard), action="delete")
             if hard:
                 dependents = await db.hard_delete_task(session, task_id, actor=actor)
                 await db_deps.recount_and_unblock(session, dependents, actor=actor)
@@ -263,6 +281,8 @@ class TaskMutation:
 
     @strawberry.mutation
     async def restore_task(self, info: Info, id: strawberry.ID) -> Task:
+        task_id = validate.parse_id(id)
         async with info.context.services.transaction() as session:
-            row = await db.restore_task(session, validate.parse_id(id), actor=info.context.caller())
+            await _may_delete(session, info.context.caller, task_id, hard=False, action="restore")
+            row = await db.restore_task(session, task_id, actor=info.context.caller.actor)
         return Task.from_row(row)

@@ -3,32 +3,46 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from graphql.error import GraphQLError
+from graphql.validation.validate import ValidationAbortedError
 from strawberry.extensions import MaskErrors
+from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from ..errors import DomainError, ErrorCode
 
 log = logging.getLogger("task_service.errors")
 
-# The exact wording of the limiters we install (schema/root.py): strawberry's
-# QueryDepthLimiter and MaxAliasesLimiter, and graphql-core's parser for MaxTokensLimiter.
-_COMPLEXITY_MARKERS = (
-    "exceeds maximum operation depth",
-    "aliases found. Allowed:",
+# graphql-core's own refusals of documents too big or too deep to handle: more than
+# MAX_TOKENS (MaxTokensLimiter), nesting beyond its parser's reach, and its introspection
+# depth rule. Our own limits (schema/limits.py) say QUERY_TOO_COMPLEX in their extensions.
+_TOO_COMPLEX_MARKERS = (
     "Document contains more than",
+    "Document is nested too deeply",
+    "Maximum introspection depth exceeded",
 )
+_SUGGESTION = re.compile(r" Did you mean .*\?$")
 
 
 def error_code(error: GraphQLError) -> ErrorCode:
     original = error.original_error
     if isinstance(original, DomainError):
         return original.code
+    if isinstance(error, ValidationAbortedError):
+        return ErrorCode.QUERY_TOO_COMPLEX  # graphql-core gave up: too many errors or comparisons
     if original is None:
         # Parse, validation and variable-coercion errors: the request itself is wrong.
-        if any(marker in error.message for marker in _COMPLEXITY_MARKERS):
+        declared = (error.extensions or {}).get("code")
+        if declared in ErrorCode.__members__:
+            return ErrorCode(declared)
+        if any(marker in error.message for marker in _TOO_COMPLEX_MARKERS):
             return ErrorCode.QUERY_TOO_COMPLEX
         return ErrorCode.BAD_USER_INPUT
+    if isinstance(original, InvalidOperationTypeError):
+        return ErrorCode.BAD_USER_INPUT  # e.g. a query sent over graphql-ws, which carries subscriptions only
+    if isinstance(original, RecursionError):
+        return ErrorCode.QUERY_TOO_COMPLEX  # a document nested deeper than the parser can follow
     if isinstance(original, GraphQLError):
         return error_code(original)
     if isinstance(original, ValueError | TypeError) and _is_coercion(error):
@@ -43,10 +57,13 @@ def _is_coercion(error: GraphQLError) -> bool:
 
 
 class ErrorMapper(MaskErrors):
-    """Puts `extensions.code` on every error; masks anything unexpected as INTERNAL."""
+    """Puts `extensions.code` on every error; masks anything unexpected as INTERNAL; reports
+    each distinct error once; with `hide_suggestions` (when introspection is off) drops the
+    "Did you mean ...?" hints that would reveal the schema."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hide_suggestions: bool = False) -> None:
         super().__init__(should_mask_error=self._unexpected, error_message="Internal server error.")
+        self.hide_suggestions = hide_suggestions
 
     @staticmethod
     def _unexpected(error: GraphQLError) -> bool:
@@ -54,19 +71,35 @@ class ErrorMapper(MaskErrors):
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         processed: list[GraphQLError] = []
+        seen: set[tuple[str, str]] = set()
         for error in errors:
+            key = (error.message, repr(error.path))
+            if key in seen:
+                continue
+            seen.add(key)
             code = error_code(error)
-            if code is ErrorCode.INTERNAL:
-                log.error(
-                    "unexpected error in %s",
-                    ".".join(map(str, error.path or [])) or "operation",
-                    exc_info=error.original_error or error,
+            if code is ErrorCode.INTERNAL and _is_statement_timeout(error.original_error):
+                log.warning("a statement ran past STATEMENT_TIMEOUT_SECONDS in %s", _where(error))
+                error = GraphQLError(
+                    "the database did not answer within STATEMENT_TIMEOUT_SECONDS; nothing was changed, try again",
+                    nodes=error.nodes,
+                    path=error.path,
                 )
+                extensions = {}
+            elif code is ErrorCode.INTERNAL:
+                log.error("unexpected error in %s", _where(error), exc_info=error.original_error or error)
                 error = self.anonymise_error(error)
                 extensions = {}
             else:
                 original = error.original_error
                 extensions = dict(error.extensions or {})
+                if isinstance(original, InvalidOperationTypeError):
+                    error = GraphQLError(
+                        f"{original.operation_type.value}s are not allowed here; over WebSocket the legacy "
+                        "graphql-ws protocol carries only subscriptions (use graphql-transport-ws or HTTP)",
+                        nodes=error.nodes,
+                        original_error=original,
+                    )
                 if isinstance(original, DomainError):
                     extensions.update(original.extensions)
                     error = GraphQLError(
@@ -77,6 +110,33 @@ class ErrorMapper(MaskErrors):
                         path=error.path,
                         original_error=original,
                     )
+            if isinstance(error, ValidationAbortedError):
+                error.message = (
+                    "the document is too large or repetitive to validate (repeated fields, fragments, "
+                    "or too many errors); simplify it"
+                )
+            if self.hide_suggestions:
+                error.message = _SUGGESTION.sub("", error.message)
             error.extensions = {**extensions, "code": code.value}
             processed.append(error)
-        return processed
+        return _complexity_first(processed)
+
+
+def _where(error: GraphQLError) -> str:
+    return ".".join(map(str, error.path or [])) or "operation"
+
+
+def _is_statement_timeout(original: BaseException | None) -> bool:
+    """PostgreSQL cancelled a statement at statement_timeout (SQLSTATE 57014)."""
+    while original is not None:
+        if getattr(original, "sqlstate", None) == "57014":
+            return True
+        original = getattr(original, "orig", None) or original.__cause__
+    return False
+
+
+def _complexity_first(errors: list[GraphQLError]) -> list[GraphQLError]:
+    """A document refused as too complex gets that one reason, not a page of validation
+    errors that its size also caused."""
+    too_complex = [e for e in errors if (e.extensions or {}).get("code") == ErrorCode.QUERY_TOO_COMPLEX.value]
+    return too_complex[:1] if too_complex and all(e.path is None for e in errors) else errors

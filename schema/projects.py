@@ -37,6 +37,7 @@ class Project:
     name: str
     description: str | None
     status: ProjectStatus
+    created_by: str | None = strawberry.field(description="The agent that created it; null when the admin did.")
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
@@ -49,6 +50,7 @@ class Project:
             name=row.name,
             description=row.description,
             status=ProjectStatus(row.status),
+            created_by=row.created_by,
             created_at=row.created_at,
             updated_at=row.updated_at,
             deleted_at=row.deleted_at,

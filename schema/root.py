@@ -11,10 +11,8 @@ from graphql import GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
@@ -31,6 +29,8 @@ from ..settings import Settings
 from .agents import AgentPresenceEvent
 from .enums import ErrorCode
 from .errors import ErrorMapper, error_code
+from .guard import MutationRateLimit
+from .limits import Limits, complexity_rule, directives_rule
 from .shared_results import SharingExecutionContext
 
 Query = merge_types("Query", (TaskQuery, ProjectQuery, AgentQuery, StatsQuery))
@@ -60,20 +60,24 @@ def build_schema(settings: Settings | None = None) -> Schema:
     from ..settings import load_settings
 
     settings = settings or load_settings()
-    # The depth and alias limits become validation rules built once: strawberry's limiter
-    # extensions build new rule classes for every request, so no two requests would share a
-    # cached validation. With fixed rules, a document seen before is neither parsed nor
-    # validated again (the caches are keyed by the query text and by the parsed document).
-    limits = [
-        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
-    ]
+    # The limits are validation rules built once: with fixed rule classes, a document seen
+    # before is neither parsed nor validated again (the caches are keyed by the query text
+    # and by the parsed document). schema/limits.py says what each limit counts.
+    limits = Limits(
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_aliases,
+        max_cost=settings.max_query_cost,
+        max_directives=settings.max_directives,
+        max_page_size=settings.max_page_size,
+    )
+    rules = [complexity_rule(limits), directives_rule(settings.max_directives)]
     extensions: list[Any] = [
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
-        lambda: AddValidationRules(limits),
+        lambda: AddValidationRules(rules),
         lambda: DocumentCache(maxsize=DOCUMENT_CACHE_SIZE),
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-        ErrorMapper,
+        MutationRateLimit,
+        lambda: ErrorMapper(hide_suggestions=not settings.introspection),
     ]
     if not settings.introspection:
         extensions.append(DisableIntrospection)
@@ -83,7 +87,9 @@ def build_schema(settings: Settings | None = None) -> Schema:
         subscription=Subscription,
         types=[ErrorCode, AgentPresenceEvent],
         extensions=extensions,
-        config=StrawberryConfig(auto_camel_case=True),
+        config=StrawberryConfig(
+            auto_camel_case=True, batching_config={"max_operations": settings.max_batch_operations}
+        ),
         execution_context_class=SharingExecutionContext,
     )
 

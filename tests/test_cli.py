@@ -85,7 +85,15 @@ class TestExportSchema:
 class TestServe:
     @pytest.mark.parametrize(
         ("variable", "value"),
-        [("PORT", "notanumber"), ("HEARTBEAT_TIMEOUT_SECONDS", "-1"), ("LOG_LEVEL", "loud")],
+        [
+            ("PORT", "notanumber"),
+            ("HEARTBEAT_TIMEOUT_SECONDS", "-1"),
+            ("LOG_LEVEL", "loud"),
+            ("API_KEY", "short"),
+            ("RATE_LIMIT", "lots"),
+            ("RATE_LIMIT_STORAGE_URL", "memcached://x"),
+            ("MAX_BODY_BYTES", "10"),
+        ],
     )
     def test_invalid_setting_stops_startup_with_one_line(self, tmp_path: Path, variable: str, value: str) -> None:
         result = _run("serve", cwd=tmp_path, within=30, **{variable: value})  # it stops, rather than serving

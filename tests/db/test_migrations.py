@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 from task_service.db import models
 from task_service.db.base import Base
 from task_service.db.migrate import alembic_config, context_options, downgrade_to_base, upgrade_to_head
+from tests.conftest import Client
 
 ADMIN_URL = os.environ.get("TASK_SERVICE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -181,3 +182,45 @@ class TestMigrations:
         assert not app_logger.disabled
         assert logging.getLogger().handlers == root_handlers
         assert logging.getLogger().level == root_level
+
+
+async def upgrade_to(url: str, revision: str) -> None:
+    import asyncio
+
+    from alembic import command
+
+    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+
+
+class TestUpgradeFrom0001:
+    """Databases in the field are at 0001: upgrading keeps their data."""
+
+    async def test_projects_keep_their_rows_and_get_no_creator(self, empty_database: str, schema) -> None:  # type: ignore[no-untyped-def]
+        await upgrade_to(empty_database, "0001")
+
+        def seed(conn: Connection) -> None:
+            conn.execute(
+                text(
+                    "INSERT INTO projects (name, status, created_at, updated_at) "
+                    "VALUES ('Launch', 'ACTIVE', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.commit()
+
+        await run_on(empty_database, seed)
+
+        await upgrade_to_head(empty_database)
+
+        assert await run_on(empty_database, schema_diff(Base.metadata)) == []
+        from task_service.services import Services
+        from tests.conftest import make_settings
+
+        services = Services.build(make_settings(empty_database))
+        await services.start()
+        try:
+            data = await Client(schema, services).execute("{ projects { id name status createdBy } }")
+            created = await Client(schema, services).execute('mutation { createProject(input: {name: "Next"}) { id } }')
+        finally:
+            await services.close()
+        assert data == {"projects": [{"id": "1", "name": "Launch", "status": "ACTIVE", "createdBy": None}]}
+        assert created == {"createProject": {"id": "2"}}

@@ -97,6 +97,7 @@ async def start_server(database_url: str, workdir: Path, **env: str) -> Server:
         "--port",
         str(port),
         "--no-access-log",
+        "--no-proxy-headers",
         cwd=workdir,
         env=server_env(database_url, port, env),
         stdout=log_file,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 
+from task_service.resolvers.auth import Caller, Role
+from task_service.resolvers.context import Context
 from tests import factories as f
 from tests.events.helpers import TASK_EVENTS, Collector, Sub, all_events, wait_settled
 
@@ -15,8 +17,9 @@ WITH_FRAGMENT = "subscription { live: taskEvents { ...Ev } } fragment Ev on Task
 OTHER_SHAPE = "subscription { taskEvents { id actor } }"
 
 
-async def _collect(stack, schema, services, query, **variables):
-    sub = await stack.enter_async_context(Sub(schema, services, query, **variables))
+async def _collect(stack, schema, services, query, *, caller=None, **variables):
+    context = Context(services, caller=caller) if caller is not None else None
+    sub = await stack.enter_async_context(Sub(schema, services, query, context=context, **variables))
     return await stack.enter_async_context(Collector(sub))
 
 
@@ -72,3 +75,24 @@ class TestSharedResults:
             await mine.wait_for_count(1)
             assert services.shared_results.computed - before == 1
         assert everything.values == mine.values
+
+    async def test_results_are_shared_only_between_subscribers_with_the_same_credential(
+        self, gql, schema, services
+    ):
+        """Once callers differ, one caller's execution never reaches another: the caller's
+        scope is part of the sharing key."""
+        pid = await f.project(gql)
+        admin = Caller(Role.ADMIN)
+        agent_a = Caller(Role.AGENT, agent_id=1, agent_name="a")
+        agent_b = Caller(Role.AGENT, agent_id=2, agent_name="b")
+        callers = [admin, agent_a, agent_b, agent_a, admin]
+        async with contextlib.AsyncExitStack() as stack:
+            collectors = [await _collect(stack, schema, services, TASK_EVENTS, caller=c) for c in callers]
+            await wait_settled(services, at_least=len(callers))
+            before = services.shared_results.computed
+            await f.task(gql, project_id=pid)
+            for collector in collectors:
+                await collector.wait_for_count(1)
+            executions = services.shared_results.computed - before
+        assert executions == 3, f"{executions} executions for 3 distinct callers"
+        assert all(c.values == collectors[0].values for c in collectors)

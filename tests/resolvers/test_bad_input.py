@@ -332,10 +332,11 @@ class TestUnexpectedErrors:
 
 def nested(depth: int) -> str:
     """A valid query `depth` levels below the root field (graphql depth: the root is 0):
-    tasks { nodes { project { tasks { nodes { ... } } } } }."""
-    levels = ["tasks", "nodes", "project"]
+    tasks { nodes { project { tasks { nodes { ... } } } } }, one task per page so that only
+    the depth, not the cost (MAX_QUERY_COST), is at stake."""
+    levels = ["tasks(first: 1)", "nodes", "project"]
     opened = [levels[i % 3] for i in range(depth)]
-    leaf = "totalCount" if opened[-1] == "tasks" else "id"
+    leaf = "totalCount" if opened[-1].startswith("tasks") else "id"
     return "{ " + " { ".join(opened) + f" {{ {leaf}" + " }" * len(opened) + " }"
 
 

@@ -1,0 +1,290 @@
+"""GraphQL over HTTP and WebSocket: Strawberry's ASGI app, with the service's front door.
+
+- Each request (or WebSocket connection) is authenticated once: resolvers/auth.py turns its
+  credentials into the Context's Caller. With API_KEY set, an HTTP request without a valid
+  credential is refused before its body is parsed; a WebSocket without one is closed at
+  connection_init (4403 on graphql-transport-ws, connection_error on graphql-ws).
+- Every refusal made here is shaped like a GraphQL error, with a 4xx status:
+  `{"errors": [{"message": ..., "extensions": {"code": ...}}]}`.
+- Bodies are read up to MAX_BODY_BYTES (by Content-Length, and counted while reading, so a
+  chunked body cannot go around it); POST bodies must be application/json (a browser cannot
+  send that cross-site without CORS, so this is the CSRF defence); JSON may nest at most
+  MAX_JSON_DEPTH levels; a batch holds at most MAX_BATCH_OPERATIONS operations; mutations
+  are never accepted over GET.
+- WebSocket connections must send connection_init within WS_INIT_TIMEOUT_SECONDS, messages
+  are bounded like bodies, and idle subscriptions get protocol pings (WS_KEEPALIVE_SECONDS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from cross_web import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.schema import BaseSchema
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.types.unset import UNSET, UnsetType
+
+from ..errors import ErrorCode
+from ..services import Services
+from ..settings import Settings
+from .auth import authenticate, header_credentials
+from .context import Context
+
+
+class TransportError(Exception):
+    """A request refused before (or instead of) execution; rendered as a GraphQL error."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class JSONTooDeep(json.JSONDecodeError):
+    """Nesting beyond MAX_JSON_DEPTH. A JSONDecodeError, so that Strawberry's WebSocket
+    handlers treat it like any other unparsable message."""
+
+
+def error_response(error: TransportError) -> Response:
+    body = {"errors": [{"message": error.message, "extensions": {"code": error.code.value}}]}
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` (parsed JSON) nests more than `limit` arrays/objects deep. Iterative,
+    so no input can exhaust the stack."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """`receive` that fails once the body passes `limit` bytes, however it is framed."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _BodyTooLarge
+        return message
+
+    return wrapped
+
+
+_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 413: ErrorCode.BAD_USER_INPUT}
+
+
+class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws with server keep-alives. Strawberry sends them ("ka") only on the
+    legacy graphql-ws protocol; here the server sends a protocol `ping` every
+    WS_KEEPALIVE_SECONDS after the connection is acknowledged, so proxies and load balancers
+    do not drop an idle subscription (clients answer with `pong`)."""
+
+    _keep_alive_task: asyncio.Task[None] | None = None
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged and self._keep_alive_task is None:
+            self._keep_alive_task = asyncio.create_task(self._keep_alive(), name="ws-keep-alive")
+
+    async def _keep_alive(self) -> None:
+        interval = float(getattr(self.view, "keep_alive_interval", None) or 15.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.send_message({"type": "ping"})
+            except Exception:  # the socket is gone; shutdown() follows
+                return
+
+    async def shutdown(self) -> None:
+        task, self._keep_alive_task = self._keep_alive_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await super().shutdown()
+
+
+class InitTimeoutWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """The legacy graphql-ws protocol, with the same connection_init deadline as
+    graphql-transport-ws (Strawberry has none for it): a socket that never initialises
+    would otherwise be held open forever."""
+
+    async def handle(self) -> None:
+        deadline = asyncio.create_task(self._close_unless_initialised(), name="ws-init-deadline")
+        try:
+            await super().handle()
+        finally:
+            deadline.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await deadline
+
+    async def _close_unless_initialised(self) -> None:
+        await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
+        if not self.connection_acknowledged:
+            await self.websocket.close(code=4408, reason="Connection initialisation timeout")
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    """Strawberry's ASGI app; `services` is set by the lifespan before the first request."""
+
+    graphql_transport_ws_handler_class = KeepAliveTransportWSHandler
+    graphql_ws_handler_class = InitTimeoutWSHandler
+
+    def __init__(self, schema: BaseSchema, *, settings: Settings):
+        super().__init__(
+            schema,
+            graphql_ide="graphiql" if settings.graphiql else None,
+            allow_queries_via_get=True,
+            keep_alive=True,
+            keep_alive_interval=settings.ws_keepalive_seconds,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+            connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout_seconds),
+            allowed_origins=settings.cors_origins,
+        )
+        self.settings = settings
+        self.services: Services | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        limit = self.settings.max_body_bytes
+        try:
+            declared = int(Request(scope).headers.get("content-length") or 0)
+        except ValueError:
+            declared = 0
+        try:
+            if declared > limit:
+                raise _BodyTooLarge
+            response = await self.run(Request(scope, receive=_limited(receive, limit)))
+        except _BodyTooLarge:
+            response = error_response(
+                TransportError(
+                    413, ErrorCode.BAD_USER_INPUT, f"the request body is over {limit} bytes (MAX_BODY_BYTES)"
+                )
+            )
+        except TransportError as error:
+            response = error_response(error)
+        except HTTPException as error:
+            code = _HTTP_CODES.get(error.status_code, ErrorCode.BAD_USER_INPUT)
+            response = error_response(TransportError(error.status_code, code, error.reason))
+        await response(scope, receive, send)
+
+    async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
+        assert self.services is not None, "the app's lifespan has not started"
+        api_key, authorization = header_credentials(request.headers)
+        client_ip = request.client.host if request.client else None
+        caller = await authenticate(self.services, api_key, authorization, client_ip=client_ip)
+        if isinstance(request, Request) and not caller.authenticated:
+            if not self.should_render_graphql_ide(self.request_adapter_class(request)):
+                raise TransportError(
+                    401, ErrorCode.UNAUTHENTICATED, caller.problem or "", headers={"WWW-Authenticate": "Bearer"}
+                )
+        return Context(services=self.services, request=request, response=response, caller=caller)
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        assert self.services is not None
+        api_key, authorization = header_credentials(context.connection_params or {})
+        if api_key is not None or authorization is not None:
+            context.caller = await authenticate(
+                self.services, api_key, authorization, client_ip=context.caller.client_ip
+            )
+        if not context.caller.authenticated:
+            raise ConnectionRejectionError(
+                {"message": context.caller.problem, "extensions": {"code": ErrorCode.UNAUTHENTICATED.value}}
+            )
+        return UNSET
+
+    def decode_json(self, data: str | bytes) -> object:
+        if len(data) > self.settings.max_body_bytes:
+            raise json.JSONDecodeError(f"message over {self.settings.max_body_bytes} bytes (MAX_BODY_BYTES)", "", 0)
+        try:
+            value = json.loads(data)
+        except RecursionError:
+            value = None
+            too_deep = True
+        else:
+            too_deep = json_depth_exceeds(value, self.settings.max_json_depth)
+        if too_deep:
+            raise JSONTooDeep(f"JSON nested deeper than {self.settings.max_json_depth} levels (MAX_JSON_DEPTH)", "", 0)
+        return value
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return self.decode_json(data)
+        except JSONTooDeep as error:
+            raise TransportError(400, ErrorCode.BAD_USER_INPUT, error.msg) from None
+        except json.JSONDecodeError as error:
+            raise TransportError(400, ErrorCode.BAD_USER_INPUT, f"the body is not valid JSON: {error}") from None
+
+    async def parse_http_body(self, request: Any) -> Any:
+        if request.method == "POST":
+            content_type = (request.content_type or "").split(";")[0].strip().lower()
+            if content_type != "application/json":
+                raise TransportError(
+                    415,
+                    ErrorCode.BAD_USER_INPUT,
+                    f"POST bodies must be application/json, not {content_type or 'unspecified'}: "
+                    '{"query": "...", "variables": {...}}',
+                )
+        return await super().parse_http_body(request)
+
+    def _validate_batch_request(self, request_data: list[Any], protocol: Any) -> None:
+        limit = self.settings.max_batch_operations
+        if not request_data:
+            raise TransportError(400, ErrorCode.BAD_USER_INPUT, "an empty batch holds no operation")
+        if len(request_data) > limit:
+            raise TransportError(
+                400,
+                ErrorCode.QUERY_TOO_COMPLEX,
+                f"a batch may hold at most {limit} operations (MAX_BATCH_OPERATIONS); got {len(request_data)}",
+            )
+        super()._validate_batch_request(request_data, protocol)
+
+    async def execute_single(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_single(*args, **kwargs)
+        except HTTPException as error:
+            if isinstance(error.__cause__, InvalidOperationTypeError):
+                raise TransportError(
+                    405,
+                    ErrorCode.BAD_USER_INPUT,
+                    "only queries may use GET; POST mutations as application/json",
+                    headers={"Allow": "POST"},
+                ) from None
+            raise
