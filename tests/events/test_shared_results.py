@@ -76,9 +76,7 @@ class TestSharedResults:
             assert services.shared_results.computed - before == 1
         assert everything.values == mine.values
 
-    async def test_results_are_shared_only_between_subscribers_with_the_same_credential(
-        self, gql, schema, services
-    ):
+    async def test_results_are_shared_only_between_subscribers_with_the_same_credential(self, gql, schema, services):
         """Once callers differ, one caller's execution never reaches another: the caller's
         scope is part of the sharing key."""
         pid = await f.project(gql)
