@@ -99,17 +99,18 @@ async def empty_database(services: Services) -> None:
 
 
 async def wait_for_lock_waiter(session: Any, *, deadline: float = 10) -> None:
-    """Poll until another backend of this database waits for a lock (PostgreSQL): a
-    concurrent transaction of the test is blocked behind the one `session` holds."""
+    """Poll until another transaction waits for `session`'s (PostgreSQL): a concurrent
+    transaction of the test is blocked behind the row locks `session` holds."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     while loop.time() < end:
+        # Who waits for a row lock waits for its holder's transaction id: this counts waits
+        # for `session`'s transaction only, not other suites' on a shared server. (Not
+        # pg_stat_activity: a transaction sees it as it was at its first read.)
         waiting = await session.scalar(
             text(
-                # A row lock wait is on the holder's transaction id, which names no database:
-                # the waiting backend's own database tells this test's waits from others'.
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND l.pid <> pg_backend_pid() AND a.datname = current_database()"
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid' "
+                "AND transactionid = pg_current_xact_id()::xid"
             )
         )
         if waiting:
