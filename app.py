@@ -16,7 +16,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -26,7 +27,7 @@ from .errors import DomainError, ErrorCode
 from .reaper import Reaper
 from .resolvers.auth import authenticate, header_credentials
 from .resolvers.stats import dashboard_stats_json
-from .resolvers.transport import GraphQLApp, TransportError, error_response
+from .resolvers.transport import WEB_DIR, GraphQLApp, TransportError, error_response
 from .schema.root import build_schema
 from .services import Services
 from .settings import Settings
@@ -115,6 +116,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/dashboard/stats", stats),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
+        # After /dashboard/stats: the mount takes every other path under /dashboard/.
+        Mount("/dashboard", app=StaticFiles(directory=WEB_DIR, html=True), name="dashboard"),
     ]
     middleware = [Middleware(SecurityHeaders)]
     if settings.trusted_proxies:
@@ -190,6 +193,9 @@ class SecurityHeaders:
                     headers.append(name.decode(), value.decode())
                 if headers.get("content-type", "").startswith("text/html"):
                     headers.append("content-security-policy", CONTENT_SECURITY_POLICY)
+                if scope["path"].startswith("/dashboard/") and "cache-control" not in headers:
+                    # Revalidate (ETag) on every load: after an upgrade no browser keeps old JS.
+                    headers.append("cache-control", "no-cache")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -22,21 +22,25 @@ import contextlib
 import json
 from collections.abc import Mapping
 from datetime import timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from cross_web import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.schema import BaseSchema
-from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
 from ..errors import ErrorCode
@@ -44,6 +48,14 @@ from ..services import Services
 from ..settings import Settings
 from .auth import authenticate, header_credentials
 from .context import Context
+
+# The static dashboard and GraphiQL's page, with their vendored libraries (web/vendor/).
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+@cache
+def _graphiql_page() -> str:
+    return (WEB_DIR / "graphiql.html").read_text(encoding="utf-8")
 
 
 class TransportError(Exception):
@@ -205,6 +217,11 @@ class GraphQLApp(GraphQL[Context, None]):
             response = error_response(TransportError(error.status_code, code, error.reason))
         await response(scope, receive, send)
 
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        """Our GraphiQL page (web/graphiql.html): it loads only the service's own files, where
+        Strawberry's page loads its scripts from a CDN and stays blank offline."""
+        return HTMLResponse(_graphiql_page())
+
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         assert self.services is not None, "the app's lifespan has not started"
         api_key, authorization = header_credentials(request.headers)
@@ -276,15 +293,45 @@ class GraphQLApp(GraphQL[Context, None]):
             )
         super()._validate_batch_request(request_data, protocol)
 
-    async def execute_single(self, *args: Any, **kwargs: Any) -> Any:
+    async def execute_single(
+        self,
+        request: Any,
+        request_adapter: Any,
+        sub_response: Any,
+        context: Context,
+        root_value: Any,
+        request_data: Any,
+    ) -> ExecutionResult:
+        """Strawberry's, except that HTTP never carries subscriptions (they run over the
+        WebSocket: a subscription executed as a plain request would fail inside), GET
+        carries only queries, and every refusal is a GraphQL-shaped error."""
+        allowed = (
+            {OperationType.QUERY} if request_adapter.method == "GET" else {OperationType.QUERY, OperationType.MUTATION}
+        )
         try:
-            return await super().execute_single(*args, **kwargs)
-        except HTTPException as error:
-            if isinstance(error.__cause__, InvalidOperationTypeError):
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
+            )
+        except InvalidOperationTypeError as error:
+            if error.operation_type is OperationType.SUBSCRIPTION:
                 raise TransportError(
-                    405,
+                    400,
                     ErrorCode.BAD_USER_INPUT,
-                    "only queries may use GET; POST mutations as application/json",
-                    headers={"Allow": "POST"},
+                    "subscriptions run over a WebSocket at /graphql (graphql-transport-ws or graphql-ws), not HTTP",
                 ) from None
-            raise
+            raise TransportError(
+                405,
+                ErrorCode.BAD_USER_INPUT,
+                "only queries may use GET; POST mutations as application/json",
+                headers={"Allow": "POST"},
+            ) from None
+        except CannotGetOperationTypeError as error:
+            raise TransportError(400, ErrorCode.BAD_USER_INPUT, error.as_http_error_reason()) from None
+        except MissingQueryError:
+            raise TransportError(400, ErrorCode.BAD_USER_INPUT, "no GraphQL query in the request") from None

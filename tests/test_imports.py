@@ -1,10 +1,11 @@
-"""The suite imports the service one way only: as `task_service`.
+"""The suite imports the service one way only: as `task_service` (and the agent client,
+client/, as `task_service_client`).
 
 The repository root is the `task_service` package itself (pyproject's package-dir), so with
 the root on sys.path (`python -m pytest` puts the working directory there) a test could
 import `settings`, `db` or `schema` as top-level modules: a second copy of each, with its
 own globals (another Settings class, another table metadata). The tests themselves are the
-`tests` package, which pytest's importlib mode roots at tests/ (see tests/conftest.py).
+`tests` package, which pytest's importlib mode roots at tests/ (README, "Testing").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("task_service", "task_service_client", "tests")
 
 
 def modules_from_the_repository() -> dict[str, Path]:
@@ -25,16 +27,16 @@ def modules_from_the_repository() -> dict[str, Path]:
 
 
 class TestOneWayIn:
-    def test_every_module_of_the_repository_is_imported_as_task_service_or_tests(self) -> None:
+    def test_every_module_of_the_repository_is_imported_under_its_package(self) -> None:
         # Collection has imported every selected test module (and what they import) by now.
         # pytest itself loads the root's __init__.py (the repository root is a package to
         # it) as `__init__`, looking for setup_module; it holds only the version.
         strays = {
             name: str(path.relative_to(REPO))
             for name, path in modules_from_the_repository().items()
-            if name.partition(".")[0] not in ("task_service", "tests") and name != "__init__"
+            if name.partition(".")[0] not in PACKAGES and name != "__init__"
         }
-        assert not strays, f"imported outside task_service.*: {strays}"
+        assert not strays, f"imported outside {PACKAGES}: {strays}"
 
     def test_task_service_is_this_repository(self) -> None:
         import task_service

@@ -77,13 +77,14 @@ class Server:
         self.log_file.close()
 
 
-async def start_server(database_url: str, workdir: Path, **env: str) -> Server:
-    """Start uvicorn against `database_url` and return once GET /health answers 200.
+async def start_server(database_url: str, workdir: Path, *, port: int | None = None, **env: str) -> Server:
+    """Start uvicorn against `database_url` (on `port`, else a free one) and return once
+    GET /health answers 200.
 
     Fails the test (with the server's output) when the process exits or is not healthy
     within STARTUP_TIMEOUT seconds.
     """
-    port = free_port()
+    port = port or free_port()
     log_path = workdir / f"server-{port}.log"
     log_file = log_path.open("wb")
     process = await asyncio.create_subprocess_exec(
@@ -122,9 +123,11 @@ async def start_server(database_url: str, workdir: Path, **env: str) -> Server:
 
 
 @contextlib.asynccontextmanager
-async def running_server(database_url: str, workdir: Path, **env: str) -> AsyncIterator[Server]:
+async def running_server(
+    database_url: str, workdir: Path, *, port: int | None = None, **env: str
+) -> AsyncIterator[Server]:
     """A server for the block; always stopped (and killed if it will not stop) at the end."""
-    server = await start_server(database_url, workdir, **env)
+    server = await start_server(database_url, workdir, port=port, **env)
     try:
         yield server
     finally:

@@ -289,6 +289,13 @@ class TestHeaders:
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert "content-security-policy" not in api.headers
 
+    async def test_dashboard_files_are_revalidated(self, server: Server) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10, trust_env=False) as http:
+            page = await http.get("/dashboard/")
+        assert page.status_code == 200
+        assert page.headers["cache-control"] == "no-cache"
+        assert "etag" in page.headers
+
     async def test_cors_only_for_configured_origins(self, server: Server) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=10, trust_env=False) as http:
             ok = await http.options(
@@ -333,3 +340,14 @@ class TestStatementTimeout:
             server, admin_headers(), "mutation($a: String) { heartbeat(agent: $a) { name } }", {"a": name}
         )
         assert after.ok, after
+
+
+class TestOperationsOverHTTP:
+    async def test_a_subscription_over_http_points_to_the_websocket(self, server: Server) -> None:
+        message = refusal(
+            await post(server, json.dumps({"query": "subscription { taskEvents { id } }"})), 400, "BAD_USER_INPUT"
+        )
+        assert "WebSocket" in message
+
+    async def test_a_body_without_a_query(self, server: Server) -> None:
+        refusal(await post(server, json.dumps({"variables": {}})), 400, "BAD_USER_INPUT")
