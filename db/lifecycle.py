@@ -26,6 +26,10 @@ from .events import record_event
 from .models import Agent, Project, SkillSet, Task
 from .tasks import claim_order, has_any_tag, require_task, unblocked_pending
 
+# claimNextTask's statement carries this name as an execution option, so that what observes
+# statements (the claim-plan test's EXPLAIN) finds it by name rather than by its SQL text.
+CLAIM_NEXT = "claim_next"
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -118,7 +122,7 @@ async def claim_next(
     candidates = union_all(*(select(best_of(s, when).subquery()) for s in skill_sets for when in timing)).subquery()
     c = candidates.c
     best = select(c.id).order_by(c.priority.desc(), c.due_at.asc().nulls_last(), c.created_at, c.id).limit(1)
-    query = select(Task).where(Task.id == best.scalar_subquery())
+    query = select(Task).where(Task.id == best.scalar_subquery()).execution_options(statement_name=CLAIM_NEXT)
     task = await session.scalar(query)
     if task is None:
         return None

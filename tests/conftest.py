@@ -3,6 +3,8 @@ Services against it, emptied before each test, and a GraphQL helper."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -78,6 +80,13 @@ def make_settings(url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def with_settings(services: Services, **overrides: Any) -> Services:
+    """`services` with some settings changed (on top of make_settings' defaults): the same
+    engine, sessions and bus. It is not started: on PostgreSQL its writers stamp their own
+    events after commit instead of waking a sequencer."""
+    return dataclasses.replace(services, settings=make_settings(services.settings.database_url, **overrides))
+
+
 async def empty_database(services: Services) -> None:
     async with services.sessionmaker() as session, session.begin():
         if services.is_sqlite:
@@ -89,9 +98,34 @@ async def empty_database(services: Services) -> None:
             await session.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
+async def wait_for_lock_waiter(session: Any, *, deadline: float = 10) -> None:
+    """Poll until another transaction waits for `session`'s (PostgreSQL): a concurrent
+    transaction of the test is blocked behind the row locks `session` holds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while loop.time() < end:
+        # Who waits for a row lock waits for its holder's transaction id: this counts waits
+        # for `session`'s transaction only, not other suites' on a shared server. (Not
+        # pg_stat_activity: a transaction sees it as it was at its first read.)
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid' "
+                "AND transactionid = pg_current_xact_id()::xid"
+            )
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no concurrent transaction started waiting for the lock")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses the database (`backend`, `database_url`, `services`, `gql`) runs once
+    on each backend; one marked postgres_only (on it, its class or its module) on PostgreSQL
+    alone."""
+    if "backend" in metafunc.fixturenames:
+        only_pg = metafunc.definition.get_closest_marker("postgres_only") is not None
+        metafunc.parametrize("backend", ["postgresql"] if only_pg else ["postgresql", "sqlite"])
 
 
 @pytest.fixture
@@ -102,15 +136,6 @@ def database_url(request: pytest.FixtureRequest, backend: str) -> str:
 @pytest.fixture
 async def services(database_url: str) -> AsyncIterator[Services]:
     svc = Services.build(make_settings(database_url))
-    await svc.start()
-    await empty_database(svc)
-    yield svc
-    await svc.close()
-
-
-@pytest.fixture
-async def pg_services(pg_url: str) -> AsyncIterator[Services]:
-    svc = Services.build(make_settings(pg_url))
     await svc.start()
     await empty_database(svc)
     yield svc
@@ -154,8 +179,3 @@ class Client:
 @pytest.fixture
 def gql(schema: Schema, services: Services) -> Client:
     return Client(schema, services)
-
-
-@pytest.fixture
-def pg_gql(schema: Schema, pg_services: Services) -> Client:
-    return Client(schema, pg_services)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,17 +17,14 @@ from task_service.reaper import Reaper, TickResult
 from task_service.schema.root import Schema
 from task_service.services import Services
 from tests import factories as f
-from tests.conftest import Client, make_settings
+from tests.conftest import Client, make_settings, with_settings
 
 TASK = """query($id: ID!) {
   task(id: $id) { status attempt ready availableAt lastError leaseExpiresAt assignee { name } }
 }"""
 AGENT = "query($name: String!) { agent(name: $name) { status } }"
-
-
-def with_settings(services: Services, **settings: Any) -> Services:
-    """`services` with some settings changed: same engine, sessions and bus."""
-    return dataclasses.replace(services, settings=make_settings(services.settings.database_url, **settings))
+AGENT_STATS = "query($name: String!) { agent(name: $name) { stats { totalTasks completedTasks failedTasks } } }"
+HEARTBEAT = "mutation($name: String!) { heartbeat(agent: $name) { name } }"
 
 
 def reaper(services: Services, **settings: Any) -> Reaper:
@@ -40,6 +37,10 @@ async def task_state(gql: Any, task_id: str) -> dict[str, Any]:
 
 async def agent_status(gql: Any, name: str) -> str:
     return (await gql.execute(AGENT, name=name))["agent"]["status"]
+
+
+async def agent_stats(gql: Any, name: str) -> dict[str, int]:
+    return (await gql.execute(AGENT_STATS, name=name))["agent"]["stats"]
 
 
 async def reaper_events(gql: Any, task_id: str) -> list[tuple[str, str, str]]:
@@ -96,17 +97,25 @@ class TestSilentAgents:
         task_id = await claimed_task(gql)
         presence.clear()
 
-        result = await Reaper(services).tick(now=utcnow() + timedelta(seconds=61))
+        result = await reaper(services, **BACKOFF).tick(now=utcnow() + timedelta(seconds=61))
 
         assert result == TickResult(offline=1, expired=1)
         task = await task_state(gql, task_id)
         assert (task["status"], task["attempt"], task["assignee"]) == ("PENDING", 1, None)
-        assert task["ready"] is True  # a dead agent is not the task's fault: no backoff
+        # A dead agent is not the task's fault: no backoff, although failures back off here.
+        assert (task["ready"], task["availableAt"]) == (True, None)
         assert task["leaseExpiresAt"] is None
         assert "heartbeats" in task["lastError"]
         assert await reaper_events(gql, task_id) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
         assert await agent_status(gql, "writer") == "OFFLINE"
         assert changes(presence) == [("writer", "BUSY", "OFFLINE")]
+
+    async def test_a_dead_agents_requeued_task_is_not_counted_as_its_failure(self, services, gql):
+        await claimed_task(gql, start=True)
+
+        await Reaper(services).tick(now=utcnow() + timedelta(seconds=61))
+
+        assert await agent_stats(gql, "writer") == {"totalTasks": 1, "completedTasks": 0, "failedTasks": 0}
 
     async def test_offline_agents_running_task_on_its_last_attempt_fails(self, services, gql):
         task_id = await claimed_task(gql, start=True, maxAttempts=1)
@@ -134,16 +143,50 @@ class TestLeaseShorterThanHeartbeatTimeout:
         task_id = await claimed_task(gql)  # a 60 s lease (the services' LEASE_SECONDS)
         presence.clear()
 
-        result = await reaper(services, heartbeat_timeout_seconds=3600).tick(now=utcnow() + timedelta(seconds=61))
+        result = await reaper(services, heartbeat_timeout_seconds=3600, **BACKOFF).tick(
+            now=utcnow() + timedelta(seconds=61)
+        )
 
         assert result == TickResult(expired=1)
         task = await task_state(gql, task_id)
         assert (task["status"], task["attempt"]) == ("PENDING", 1)
+        assert (task["ready"], task["availableAt"]) == (True, None)  # no backoff, as above
         assert await reaper_events(gql, task_id) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
         assert await agent_status(gql, "writer") == "ONLINE"
         assert changes(presence) == [("writer", "BUSY", "ONLINE")]
 
+    async def test_a_heartbeat_between_the_scan_and_the_lock_keeps_the_task(self, services, schema, gql):
+        """The reaper reads the due leases, then locks each task in its own transaction: a
+        heartbeat that commits in between renews the lease, and the locked row must be
+        checked again rather than expired on the strength of the stale read."""
+        task_id = await claimed_task(gql)  # a 60 s lease
+        later = utcnow() + timedelta(seconds=61)
+        long_leases = with_settings(services, heartbeat_timeout_seconds=3600)  # heartbeats renew for an hour
+        beating = Client(schema, long_leases)
+        reaping = with_settings(services, heartbeat_timeout_seconds=3600)
+        locking = reaping.transaction
+        heartbeats = []
 
+        @contextlib.asynccontextmanager
+        async def heartbeat_then_lock() -> AsyncIterator[Any]:
+            # Entered only after the scan has found the lease due, before the task is locked.
+            if not heartbeats:
+                heartbeats.append(await beating.execute(HEARTBEAT, name="writer"))
+            async with locking() as session:
+                yield session
+
+        reaping.transaction = heartbeat_then_lock  # type: ignore[method-assign]
+        expired = await Reaper(reaping).expire_leases(later)
+
+        assert heartbeats, "the scan did not find the lease due"
+        assert expired == 0
+        task = await task_state(gql, task_id)
+        assert (task["status"], task["assignee"]) == ("ASSIGNED", {"name": "writer"})
+        assert datetime.fromisoformat(task["leaseExpiresAt"]) > later
+        assert await reaper_events(gql, task_id) == []
+
+
+BACKOFF = {"retry_backoff_seconds": 10}
 LONG_LIVED = {"heartbeat_timeout_seconds": 86_400, "retry_backoff_seconds": 10}
 
 
@@ -191,6 +234,18 @@ class TestTimeouts:
 
         assert result == TickResult()
         assert (await task_state(gql, task_id))["status"] == "RUNNING"
+
+    async def test_soft_deleted_running_task_does_not_time_out(self, long_lived):
+        services, gql = long_lived
+        task_id = await claimed_task(gql, start=True, timeoutMinutes=30)
+        await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=task_id)
+
+        result = await Reaper(services).tick(now=utcnow() + timedelta(minutes=31))
+
+        assert result == TickResult()
+        assert await reaper_events(gql, task_id) == []
+        hidden = await gql.execute("{ tasks(filter: {includeDeleted: true}) { nodes { id status lastError } } }")
+        assert hidden["tasks"]["nodes"] == [{"id": task_id, "status": "RUNNING", "lastError": None}]
 
     async def test_assigned_task_that_never_started_does_not_time_out(self, long_lived):
         services, gql = long_lived

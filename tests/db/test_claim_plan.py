@@ -12,9 +12,8 @@ import asyncpg
 import pytest
 from sqlalchemy import event
 
+from task_service.db.lifecycle import CLAIM_NEXT
 from tests import factories as f
-
-CLAIM_MARKER = "FOR UPDATE OF tasks SKIP LOCKED"
 
 
 async def create_many(gql: Any, project_id: str, count: int, **item: Any) -> None:
@@ -32,7 +31,7 @@ def captured_claims(services: Any):
     seen: list[tuple[str, Any]] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):
-        if CLAIM_MARKER in statement:
+        if context.execution_options.get("statement_name") == CLAIM_NEXT:
             seen.append((statement, parameters))
 
     engine = services.engine.sync_engine
@@ -55,8 +54,7 @@ def largest_row_count(plan: dict[str, Any]) -> tuple[int, str]:
 
 @pytest.mark.postgres_only
 class TestClaimPlan:
-    async def test_claim_reads_a_bounded_number_of_rows(self, pg_gql, pg_services, pg_url):
-        gql = pg_gql
+    async def test_claim_reads_a_bounded_number_of_rows(self, gql, database_url):
         pid = await f.project(gql)
         await create_many(gql, pid, 1500)  # no skills required
         await create_many(gql, pid, 1500, requiredSkills=["python"])
@@ -70,7 +68,7 @@ class TestClaimPlan:
         for _ in range(3):
             await f.task(gql, project_id=pid, dependsOn=[first["id"]], priority=10)  # blocked
         await f.agent(gql, name="py", skills=["python"])
-        with captured_claims(pg_services) as claims:
+        with captured_claims(gql.services) as claims:
             data = await gql.execute('mutation { claimNextTask(agent: "py") { id requiredSkills } }')
         assert data["claimNextTask"] is not None
         query = "query($id: ID!) { task(id: $id) { priority availableAt } }"
@@ -79,7 +77,7 @@ class TestClaimPlan:
         assert claimed["task"]["availableAt"] is not None
         assert len(claims) == 1
         statement, parameters = claims[0]
-        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
             transaction = conn.transaction()
             await transaction.start()

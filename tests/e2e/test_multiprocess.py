@@ -1,6 +1,6 @@
 """Several server processes on one PostgreSQL database behave as one service: a change made
-through one process reaches subscribers of another, within a second, in order, and survives
-the loss of a process's bus listener connection."""
+through one process reaches subscribers of another, live and in order, and survives the loss
+of a process's bus listener connection."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import contextlib
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,16 +29,15 @@ from tests.e2e.conftest import (
     server_env,
 )
 from tests.e2e.test_subscriptions_ws import (
-    MAX_LATENCY,
+    DEADLINE,
     TASK_EVENTS,
     Collector,
     all_event_ids,
     assert_exact_log,
     health,
     last_event_id,
-    latency_report,
     poll,
-    run_lifecycle_and_measure,
+    run_lifecycle,
     tcp_connections,
     ws_session,
 )
@@ -89,9 +87,7 @@ class TestTwoServersOneDatabase:
             graphql_client(a.url) as writer,
             ws_session(b) as subscriber,
         ):
-            latencies = await run_lifecycle_and_measure(writer, subscriber)
-        print(latency_report("writer on A, subscriber on B", latencies))
-        assert max(latencies) <= MAX_LATENCY, latency_report("A -> B", latencies)
+            await run_lifecycle(writer, subscriber)
 
     async def test_subscribers_survive_the_loss_of_their_servers_listener(self, tmp_path: Path) -> None:
         writers, changes = 4, 40
@@ -142,19 +138,15 @@ class TestTwoServersOneDatabase:
                     bus = (await health(b))["bus"]
                     return bus["reconnects"] >= 1 and bus["connected"]
 
-                assert await poll(reconnected, within=20, interval=0.2), (await health(b))["bus"]
-                # The live path is back (not just the safety poll): a new change arrives fast.
+                # The live path is back: a reconnect counts only once the bus's own ping has
+                # come back through the new LISTEN connection. And a new change still arrives.
+                assert await poll(reconnected, within=DEADLINE, interval=0.2), (await health(b))["bus"]
                 count = len(collector.events)
                 await factories.transition(gql, "reportProgress", id=tasks[0][0], agent=tasks[0][1], progress=99)
-                answered = time.monotonic()
-                assert await collector.wait_for_count(count + 1, within=10)
-                delay = collector.arrivals[count] - answered
+                assert await collector.wait_for_count(count + 1, within=DEADLINE)
+                assert collector.ids == await all_event_ids(gql)
                 await collector.stop()
-        print(
-            f"listener loss: killed backends {killed}; B received {len(collector.ids)} events, all of them; "
-            f"after the reconnect a new event arrived {delay * 1000:.0f} ms after its response"
-        )
-        assert delay <= MAX_LATENCY
+        print(f"listener loss: killed backends {killed}; B received {len(collector.ids)} events, all of them")
 
 
 @contextlib.asynccontextmanager

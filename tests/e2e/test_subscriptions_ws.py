@@ -1,6 +1,6 @@
 """Subscriptions over real WebSockets against a real uvicorn server on PostgreSQL: both
-protocols, latency, resume with `after`, keep-alive, the per-connection limit, cleanup of
-closed sockets, and the cut-off of a slow subscriber.
+protocols, live delivery in order, resume with `after`, keep-alive, the per-connection limit,
+cleanup of closed sockets, and the cut-off of a subscriber that falls behind.
 
 The helpers here (WebSocket clients, the scripted lifecycle, event-log reads, /proc socket
 lookups) are shared with test_multiprocess.py.
@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +26,6 @@ from gql.client import AsyncClientSession
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
-from task_service.resolvers.validate import DESCRIPTION_LENGTH
 from tests import factories
 from tests.e2e.conftest import GraphQLClient, Server, graphql_client, running_server
 
@@ -36,7 +33,9 @@ pytestmark = pytest.mark.timeout(300)
 
 TRANSPORT_WS = WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL  # "graphql-transport-ws"
 LEGACY_WS = WebsocketsTransport.APOLLO_SUBPROTOCOL  # "graphql-ws"
-MAX_LATENCY = 1.0
+# Deadlines for what must happen, generous for a loaded 2-core machine; latency figures are
+# bench/'s business (bench/b3_fanout.py), not the tests'.
+DEADLINE = 30.0
 EVENT_FIELDS = "id taskId projectId type fromStatus toStatus"
 TASK_EVENTS = f"""subscription($after: ID, $p: ID, $t: ID) {{
   taskEvents(after: $after, projectId: $p, taskId: $t) {{ {EVENT_FIELDS} }}
@@ -103,11 +102,10 @@ async def ws_session(server: Server, protocol: str = TRANSPORT_WS) -> AsyncItera
 
 
 class Collector:
-    """Runs one subscription in a task and records each result with its arrival time."""
+    """Runs one subscription in a task and records each result."""
 
     def __init__(self, session: AsyncClientSession, query: str, *, stop_after: int | None = None, **variables: Any):
         self.events: list[dict[str, Any]] = []
-        self.arrivals: list[float] = []
         self.error: TransportQueryError | None = None
         self._stop_after = stop_after
         self._task = asyncio.create_task(self._run(session, GraphQLRequest(query, variable_values=variables)))
@@ -117,7 +115,6 @@ class Collector:
             async for data in session.subscribe(request):
                 (value,) = data.values()
                 self.events.append(value)
-                self.arrivals.append(time.monotonic())
                 if self._stop_after is not None and len(self.events) >= self._stop_after:
                     return
         except TransportQueryError as exc:
@@ -155,15 +152,10 @@ def assert_exact_log(received: list[int], expected: list[int]) -> None:
     assert received == expected
 
 
-def latency_report(name: str, latencies: list[float]) -> str:
-    ms = [round(value * 1000, 1) for value in latencies]
-    return f"{name}: p50 {statistics.median(ms):.1f} ms, max {max(ms):.1f} ms over {len(ms)} events ({ms})"
-
-
-async def run_lifecycle_and_measure(writer: GraphQLClient, subscriber: AsyncClientSession) -> list[float]:
+async def run_lifecycle(writer: GraphQLClient, subscriber: AsyncClientSession) -> None:
     """createTask, claimTask, startTask, reportProgress, submitTask, reviewTask(approve) over
-    HTTP, each followed by waiting for its event on the subscription. Returns each event's
-    delay after its mutation's HTTP response (negative: the event beat the response)."""
+    HTTP, each followed by waiting for its event on the subscription: every event arrives
+    live, once, in order."""
     suffix = uuid.uuid4().hex[:8]
     project_id = await factories.project(writer, name=f"live-{suffix}")
     worker, editor = f"worker-{suffix}", f"editor-{suffix}"
@@ -184,21 +176,17 @@ async def run_lifecycle_and_measure(writer: GraphQLClient, subscriber: AsyncClie
         lambda: factories.transition(writer, "submitTask", id=task_id, agent=worker, summary="done"),
         lambda: factories.transition(writer, "reviewTask", id=task_id, reviewer=editor, approved=True),
     ]
-    latencies = []
     try:
         for number, step in enumerate(steps, start=1):
             await step()
-            answered = time.monotonic()
-            assert await collector.wait_for_count(number, within=10), (
+            assert await collector.wait_for_count(number, within=DEADLINE), (
                 f"event {number} never arrived; got {collector.events}, error {collector.error}"
             )
-            latencies.append(collector.arrivals[number - 1] - answered)
     finally:
         await collector.stop()
     assert [event["type"] for event in collector.events] == LIFECYCLE_TYPES
     assert {event["taskId"] for event in collector.events} == {task_id}
     assert collector.ids == sorted(collector.ids)
-    return latencies
 
 
 class RawWs:
@@ -225,6 +213,17 @@ class RawWs:
 
     async def recv(self, within: float) -> dict[str, Any]:
         return json.loads(await asyncio.wait_for(self.conn.recv(), within))
+
+    async def recv_operation(self, within: float) -> dict[str, Any]:
+        """The next message about an operation (next, error, complete) within `within`
+        seconds, answering the server's keep-alive pings on the way."""
+        deadline = time.monotonic() + within
+        while True:
+            message = await self.recv(max(0.01, deadline - time.monotonic()))
+            if message["type"] == "ping":
+                await self.send({"type": "pong"})
+            elif message["type"] != "pong":
+                return message
 
     async def init(self) -> None:
         await self.send({"type": "connection_init", "payload": {}})
@@ -277,11 +276,9 @@ async def server(e2e_pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> A
 
 class TestLifecycleIsStreamedLive:
     @pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
-    async def test_every_event_arrives_in_order_within_a_second(self, server: Server, protocol: str) -> None:
+    async def test_every_event_arrives_in_order(self, server: Server, protocol: str) -> None:
         async with graphql_client(server.url) as writer, ws_session(server, protocol) as subscriber:
-            latencies = await run_lifecycle_and_measure(writer, subscriber)
-        print(latency_report(f"lifecycle over {protocol}", latencies))
-        assert max(latencies) <= MAX_LATENCY, latency_report(protocol, latencies)
+            await run_lifecycle(writer, subscriber)
 
 
 class TestResumeWithAfter:
@@ -352,16 +349,12 @@ class TestKeepAlive:
             async with RawWs.connect(server, protocol, ping_interval=None) as ws:
                 await ws.send({"type": "connection_init", "payload": {}})
                 assert (await ws.recv(10))["type"] == "connection_ack"
-                started = time.monotonic()
-                arrivals = []
-                with contextlib.suppress(TimeoutError):
-                    while len(arrivals) < 2:
-                        message = await ws.recv(max(0.01, started + 3.5 - time.monotonic()))
-                        assert message["type"] == keep_alive, message
-                        arrivals.append(round(time.monotonic() - started, 2))
-                        if keep_alive == "ping":
-                            await ws.send({"type": "pong"})
-        assert len(arrivals) >= 2, f"keep-alive {keep_alive!r} messages within 3.5 s: {arrivals}"
+                # Nothing else is sent on this connection: every message is a keep-alive.
+                for _ in range(2):
+                    message = await ws.recv(DEADLINE)
+                    assert message["type"] == keep_alive, message
+                    if keep_alive == "ping":
+                        await ws.send({"type": "pong"})
 
 
 class TestSubscriptionLimit:
@@ -495,99 +488,66 @@ class TestClosedSocketsFreeEverything:
 
 
 class TestSlowSubscriber:
-    async def test_a_subscriber_that_stops_reading_is_cut_off_and_resumes_without_loss(
+    async def test_a_subscriber_that_falls_behind_is_cut_off_and_resumes_without_loss(
         self, e2e_pg_url: str, tmp_path: Path
     ) -> None:
-        lag, writers, per_writer = 100, 8, 50
-        # Fat events (about 20 kB each, 8 MB in all) so that the socket buffers between
-        # server and client (up to 4 MB of kernel send buffer here) cannot absorb them all.
-        message = "m" * DESCRIPTION_LENGTH
+        """More than MAX_SUBSCRIBER_LAG events behind, a subscription is ended with an error
+        carrying its cursor, and resuming from that cursor loses and repeats nothing.
+
+        Falling behind is made certain, not left to socket buffers (a kernel may buffer
+        megabytes for a client that stopped reading, so the server never blocks): the client
+        stops reading, then one transaction commits four times the limit. Whatever the server
+        had sent by then, its next look at the log finds the subscription that far behind."""
+        lag = 5
         query = """subscription($after: ID, $p: ID) {
-          taskEvents(after: $after, projectId: $p) { id type message task { description } }
+          taskEvents(after: $after, projectId: $p) { id type taskId }
         }"""
         async with (
             running_server(e2e_pg_url, tmp_path, MAX_SUBSCRIBER_LAG=str(lag)) as server,
             graphql_client(server.url) as gql,
         ):
-            suffix = uuid.uuid4().hex[:8]
-            project_id = await factories.project(gql, name=f"slow-{suffix}")
-            tasks = []
-            for n in range(writers):
-                name = f"slow-{n}-{suffix}"
-                await factories.agent(gql, name=name, skills=["research"])
-                description = "d" * DESCRIPTION_LENGTH
-                task_id = (await factories.task(gql, project_id=project_id, description=description))["id"]
-                await factories.claim(gql, task_id=task_id, agent=name)
-                await factories.transition(gql, "startTask", id=task_id, agent=name)
-                tasks.append((task_id, name))
-            before = await all_event_ids(gql, project_id=project_id)
-
-            # A client with a tiny receive buffer and frame queue: when it stops reading, the
-            # server's sends block soon.
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-            sock.settimeout(10)
-            sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
-            sock.setblocking(False)
+            project_id = await factories.project(gql, name=f"slow-{uuid.uuid4().hex[:8]}")
+            for n in range(3):
+                await factories.task(gql, project_id=project_id, title=f"history {n}")
+            history = await all_event_ids(gql, project_id=project_id)
             seen: list[int] = []
             ended: dict[str, Any] | None = None
-            async with RawWs.connect(server, sock=sock, max_queue=2, ping_interval=None) as ws:
+            async with RawWs.connect(server, ping_interval=None) as ws:
                 await ws.init()
                 await ws.subscribe("slow", query, after="0", p=project_id)
-                while len(seen) < len(before):
-                    reply = await ws.recv(10)
+                # Replaying history is not falling behind; once it is read the subscription is live.
+                while len(seen) < len(history):
+                    reply = await ws.recv_operation(DEADLINE)
                     assert reply["type"] == "next", reply
                     assert "errors" not in reply["payload"], reply
                     seen.append(int(reply["payload"]["data"]["taskEvents"]["id"]))
-                # Stop reading while ~400 events are written: pause the transport itself, so
-                # that no client-side library buffer keeps draining the socket.
-                ws.conn.transport.pause_reading()
-
-                async def write(task_id: str, name: str) -> None:
-                    async with graphql_client(server.url) as client:
-                        for n in range(per_writer):
-                            await factories.transition(
-                                client, "reportProgress", id=task_id, agent=name, progress=n % 100, message=message
-                            )
-
-                await asyncio.gather(*(write(task_id, name) for task_id, name in tasks))
+                assert seen == history
+                ws.conn.transport.pause_reading()  # not one more byte is read from the socket
+                await gql.execute(
+                    "mutation($p: ID!, $t: [CreateTaskInput!]!) { createTasks(projectId: $p, tasks: $t) { id } }",
+                    p=project_id,
+                    t=[{"title": f"burst {n}", "taskType": "research"} for n in range(4 * lag)],
+                )
                 expected = await all_event_ids(gql, project_id=project_id)
-                memory_while_stalled = (await health(server))["tasks"]
-                # Now read: everything buffered, then the cut-off.
+                assert len(expected) == len(history) + 4 * lag
                 ws.conn.transport.resume_reading()
-                deadline = time.monotonic() + 60
-                while ended is None and time.monotonic() < deadline:
-                    try:
-                        reply = await ws.recv(max(0.01, min(10, deadline - time.monotonic())))
-                    except TimeoutError:
-                        break
+                while ended is None:
+                    reply = await ws.recv_operation(DEADLINE)  # TimeoutError: never cut off
                     if reply["type"] == "next" and "errors" not in reply["payload"]:
                         seen.append(int(reply["payload"]["data"]["taskEvents"]["id"]))
-                    elif reply["type"] in ("next", "error"):
+                    else:
                         ended = reply
-                    elif reply["type"] == "complete":
-                        ended = reply
-                    if seen and seen[-1] == expected[-1] and ended is None:
-                        # Everything arrived without a cut-off: wait briefly for a late error.
-                        with contextlib.suppress(TimeoutError):
-                            ended = await ws.recv(2)
-                        break
-            print(
-                f"slow subscriber: read {len(seen)} of {len(expected)} events, then {json.dumps(ended)[:400]}; "
-                f"server tasks while stalled {memory_while_stalled}"
-            )
-            assert ended is not None, f"never cut off: received {len(seen)} of {len(expected)} events"
+            print(f"slow subscriber: read {len(seen)} of {len(expected)} events, then {json.dumps(ended)[:400]}")
             assert ended["type"] in ("next", "error"), ended
             errors = ended["payload"] if ended["type"] == "error" else ended["payload"]["errors"]
-            cursor = errors[0]["extensions"]["cursor"]
-            assert errors[0]["extensions"]["code"]
-            resume = min(int(cursor), seen[-1])
-            assert int(cursor) >= seen[-1], "the cursor skips events the client has not seen? it is behind them"
+            assert errors[0]["extensions"]["code"] == "CONFLICT", errors
+            cursor = int(errors[0]["extensions"]["cursor"])
+            assert cursor >= seen[-1], "the cursor must not send the client back over events it has"
 
             async with ws_session(server) as session:
-                again = Collector(session, query, after=str(resume), p=project_id)
-                assert await again.wait_for_id(expected[-1], within=30), (
-                    f"resumed from {resume} but stopped at {again.ids[-1:]} of {expected[-1]}: {again.error}"
+                again = Collector(session, query, after=str(cursor), p=project_id)
+                assert await again.wait_for_id(expected[-1], within=DEADLINE), (
+                    f"resumed from {cursor} but stopped at {again.ids[-1:]} of {expected[-1]}: {again.error}"
                 )
                 await again.stop()
-        assert_exact_log([i for i in seen if i <= resume] + again.ids, expected)
+        assert_exact_log(seen + again.ids, expected)

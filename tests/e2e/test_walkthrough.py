@@ -6,8 +6,10 @@ import asyncio
 import json
 import re
 import shlex
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from task_service.settings import Settings
 from tests.e2e.conftest import fresh_pg_database, running_server
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -36,20 +38,25 @@ class TestReadmeWalkthrough:
         commands = walkthrough_commands()
         assert len(commands) >= 10, "the README walk-through lost its commands"
         async with fresh_pg_database("ts_readme") as url, running_server(url, tmp_path) as server:
-            outputs = []
+            outputs, spans = [], []
             for command in commands:
+                sent = datetime.now(UTC)
                 body = await run_curl(command, server.url)
                 assert "errors" not in body, f"{command}\n-> {body}"
                 outputs.append(body)
+                spans.append((sent, datetime.now(UTC)))
         by_field = {key: value for body in outputs for key, value in body.get("data", {}).items()}
         assert by_field["registerAgent"]["agent"]["status"] == "ONLINE"
-        assert by_field["claimNextTask"] == {
-            "id": "1",
-            "title": "Write the brief",
-            "status": "ASSIGNED",
-            "attempt": 1,
-            "leaseExpiresAt": by_field["claimNextTask"]["leaseExpiresAt"],
-        }
+        claimed = dict(by_field["claimNextTask"])
+        lease_expires = datetime.fromisoformat(claimed.pop("leaseExpiresAt"))
+        assert claimed == {"id": "1", "title": "Write the brief", "status": "ASSIGNED", "attempt": 1}
+        # The server runs with the default settings: a lease of HEARTBEAT_TIMEOUT_SECONDS,
+        # from the moment of the claim (between sending the command and its answer).
+        ((sent, answered),) = [
+            span for body, span in zip(outputs, spans, strict=True) if "claimNextTask" in body.get("data", {})
+        ]
+        lease = timedelta(seconds=Settings.model_fields["heartbeat_timeout_seconds"].default)
+        assert sent + lease <= lease_expires <= answered + lease
         assert by_field["submitTask"]["status"] == "REVIEWING"
         assert by_field["reviewTask"]["status"] == "COMPLETED"
         assert by_field["task"] == {"status": "PENDING", "ready": True, "blockedBy": []}

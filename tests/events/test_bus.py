@@ -23,17 +23,17 @@ from tests.events.helpers import (
 class TestListenerLoss:
     @pytest.mark.parametrize("victim", ["writer", "subscriber"])
     async def test_killed_listener_reconnects_and_subscriber_misses_nothing(
-        self, victim, pg_gql, pg_url, schema, pg_services
+        self, victim, gql, database_url, schema, services
     ):
-        pid = await f.project(pg_gql)
-        agents = await register_agents(pg_gql, 10)
-        async with another_process(pg_url) as other:
-            killed = pg_services if victim == "writer" else other
+        pid = await f.project(gql)
+        agents = await register_agents(gql, 10)
+        async with another_process(database_url) as other:
+            killed = services if victim == "writer" else other
             async with Sub(schema, other, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
-                async with writing(pg_gql, project_id=pid, agents=agents):
+                async with writing(gql, project_id=pid, agents=agents):
                     await got.wait_for_count(30)
                     backend_pid = killed.bus._broadcast._backend._conn.get_server_pid()
-                    async with pg_services.read() as session:
+                    async with services.read() as session:
                         kill = text("SELECT pg_terminate_backend(:pid)")
                         terminated = await session.scalar(kill, {"pid": backend_pid})
                     assert terminated
@@ -42,5 +42,5 @@ class TestListenerLoss:
                     assert await killed.bus._ping(), "signals must flow through the new connection"
                     written = len(got.values)
                     await got.wait_for_count(written + 30)
-                expected = await caught_up(pg_gql, got)
+                expected = await caught_up(gql, got)
         assert_exact_log(got.values, expected)

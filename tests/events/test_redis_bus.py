@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import socket
@@ -85,18 +84,20 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def two_processes(pg_url: str, bus_url: str) -> AsyncIterator[tuple[object, object]]:
+async def two_processes(database_url: str, bus_url: str) -> AsyncIterator[tuple[object, object]]:
     async with (
-        another_process(pg_url, broadcast_url=bus_url) as writer,
-        another_process(pg_url, broadcast_url=bus_url) as reader,
+        another_process(database_url, broadcast_url=bus_url) as writer,
+        another_process(database_url, broadcast_url=bus_url) as reader,
     ):
         yield writer, reader
 
 
 @pytest.mark.postgres_only
 class TestRedisBus:
-    async def test_changes_on_one_process_reach_subscribers_of_another(self, pg_url, pg_services, schema, redis_server):
-        async with two_processes(pg_url, redis_server.url) as (writer, reader):
+    async def test_changes_on_one_process_reach_subscribers_of_another(
+        self, database_url, services, schema, redis_server
+    ):
+        async with two_processes(database_url, redis_server.url) as (writer, reader):
             assert writer.bus.url.startswith("redis://")
             # Signals really travel through Redis (not just the subscribers' safety poll).
             assert await writer.bus._ping()
@@ -110,8 +111,8 @@ class TestRedisBus:
                 await got.wait_for_count(len(expected))
             assert_exact_log(got.values, expected)
 
-    async def test_redis_restart_is_survived_and_nothing_is_lost(self, pg_url, pg_services, schema, redis_server):
-        async with two_processes(pg_url, redis_server.url) as (writer, reader):
+    async def test_redis_restart_is_survived_and_nothing_is_lost(self, database_url, services, schema, redis_server):
+        async with two_processes(database_url, redis_server.url) as (writer, reader):
             gql = Client(schema, writer)
             pid = await f.project(gql)
             agents = await register_agents(gql, 5)
@@ -120,7 +121,9 @@ class TestRedisBus:
                     await got.wait_for_count(20)
                     redis_server.kill()
                     killed_at = time.monotonic()
-                    await asyncio.sleep(1.0)  # writes go on while Redis is down
+                    # Writes go on while Redis is down (their signals are lost).
+                    down_from = writer.sequencer.horizon
+                    await wait_until(lambda: writer.sequencer.horizon >= down_from + 20, what="writes without Redis")
                     redis_server.start()
                     await wait_until(
                         lambda: writer.bus.reconnects >= 1 and reader.bus.reconnects >= 1,

@@ -69,7 +69,28 @@ class TestSharedTail:
             expected = await all_events(gql)
             assert len(expected) == 22
             assert_exact_log(got.values, expected)
-        assert services.tail.end - services.tail.start <= 3 + 10  # trimmed to capacity after each refresh
+        # Trimmed to capacity after each refresh: the window holds exactly the newest 3.
+        assert services.tail.end - services.tail.start == 3
+
+    async def test_subscriber_behind_a_trimmed_window_reads_the_database(self, gql, schema, services):
+        """A cursor that was inside the window before a refresh trimmed it is behind the
+        window now: its events left memory, so it must read them from the log."""
+        services.tail = LogTail(services.sessionmaker, capacity=3)
+        pid = await f.project(gql)
+        await f.task(gql, project_id=pid, title="before")
+        await services.tail.refresh()  # the window starts at the log's end
+        opened_at = services.tail.end
+        for i in range(8):
+            await f.task(gql, project_id=pid, title=f"t{i}")
+        await services.tail.refresh()
+        tail = services.tail
+        assert (tail.end - tail.start, tail.end - opened_at) == (3, 8)
+        cursor = opened_at + 2  # inside the window as it was, behind it as it is
+        assert not tail.covers(cursor)
+        async with Sub(schema, services, TASK_EVENTS, after=str(cursor)) as sub:
+            got = await sub.take(6)
+        expected = [e for e in await all_events(gql) if int(e["id"]) > cursor]
+        assert_exact_log(got, expected)
 
     async def test_filtered_subscriber_on_the_tail_matches_the_filtered_log(self, gql, schema, services):
         p1 = await f.project(gql, name="P1")

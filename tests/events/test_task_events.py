@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import tracemalloc
 
 import pytest
@@ -28,18 +27,18 @@ from tests.events.helpers import (
     writers,
 )
 
-LATENCY_BOUND = 1.0
-
 
 class TestLiveLifecycle:
-    async def test_every_lifecycle_event_arrives_in_order_within_a_second(self, gql, schema, services):
+    async def test_every_lifecycle_event_arrives_in_order(self, gql, schema, services):
+        """Each change reaches a live subscriber before the next is made (awaited with a
+        deadline; how fast is bench/'s question)."""
         pid = await f.project(gql)
         await f.agent(gql, name="writer")
         await f.agent(gql, name="reviewer")
         steps = []
         async with Sub(schema, services, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
             task = await f.task(gql, project_id=pid)
-            steps.append(("CREATED", time.monotonic()))
+            steps.append("CREATED")
             tid = task["id"]
             script = [
                 ("CLAIMED", "claimTask", {"agent": "writer"}),
@@ -51,33 +50,61 @@ class TestLiveLifecycle:
             await got.wait_for_count(1)
             for expected_type, mutation, args in script:
                 await f.transition(gql, mutation, id=tid, **args)
-                steps.append((expected_type, time.monotonic()))
+                steps.append(expected_type)
                 await got.wait_for_count(len(steps))
             received = list(got.values)
-            latencies = [max(0.0, got.times[i] - returned) for i, (_, returned) in enumerate(steps)]
 
-        print(f"\nlifecycle latencies ({services.engine.dialect.name}):", [f"{x * 1000:.1f}ms" for x in latencies])
-        assert [e["type"] for e in received] == [t for t, _ in steps]
+        assert [e["type"] for e in received] == steps
         assert all(e["taskId"] == tid for e in received)
-        assert max(latencies) < LATENCY_BOUND
         assert_exact_log(received, await all_events(gql))
+
+
+class TestOrderWithinATransaction:
+    async def test_events_written_together_arrive_in_the_order_they_were_written(self, gql, schema, services):
+        """A transaction's events get their cursors in the order it wrote them: a batch's
+        CREATED events in input order, a completion before the UNBLOCKED it causes."""
+        pid = await f.project(gql)
+        await f.agent(gql, name="w1")
+        async with Sub(schema, services, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
+            batch = await gql.execute(
+                "mutation($p: ID!, $t: [CreateTaskInput!]!) { createTasks(projectId: $p, tasks: $t) { id } }",
+                p=pid,
+                t=[
+                    {"title": "first", "taskType": "research", "ref": "first", "requiresReview": False},
+                    {"title": "second", "taskType": "research", "dependsOnRefs": ["first"]},
+                    {"title": "third", "taskType": "research"},
+                ],
+            )
+            first, second, third = (t["id"] for t in batch["createTasks"])
+            await f.claim(gql, task_id=first, agent="w1")
+            await f.transition(gql, "submitTask", id=first, agent="w1")
+            await got.wait_for_count(6)
+        assert [(e["type"], e["taskId"]) for e in got.values] == [
+            ("CREATED", first),
+            ("CREATED", second),
+            ("CREATED", third),
+            ("CLAIMED", first),
+            ("SUBMITTED", first),
+            ("UNBLOCKED", second),
+        ]
+        assert_exact_log(got.values, await all_events(gql))
 
 
 @pytest.mark.postgres_only
 class TestResume:
-    async def test_resubscribing_after_the_last_id_seen_yields_the_exact_log(self, pg_gql, schema, pg_services):
-        pid = await f.project(pg_gql)
-        agents = await register_agents(pg_gql, 20)
+    async def test_resubscribing_after_the_last_id_seen_yields_the_exact_log(self, gql, schema, services):
+        pid = await f.project(gql)
+        agents = await register_agents(gql, 20)
         seen: list[dict] = []
-        writing = asyncio.create_task(writers(pg_gql, project_id=pid, agents=agents, rounds=3))
+        writing = asyncio.create_task(writers(gql, project_id=pid, agents=agents, rounds=3))
         try:
-            async with Sub(schema, pg_services, TASK_EVENTS, after="0") as sub:
+            async with Sub(schema, services, TASK_EVENTS, after="0") as sub:
                 seen += await sub.take(25)
             # Disconnected: let the writers commit more before resuming.
-            await wait_until(lambda: pg_services.sequencer.horizon >= len(seen) + 60, what="writes while away")
-            async with Sub(schema, pg_services, TASK_EVENTS, after=seen[-1]["id"]) as sub:
+            await wait_until(lambda: services.sequencer.horizon >= len(seen) + 60, what="writes while away")
+            async with Sub(schema, services, TASK_EVENTS, after=seen[-1]["id"]) as sub:
                 await writing
-                expected = await all_events(pg_gql)
+                expected = await all_events(gql)
                 await sub.read_through(expected[-1]["id"], seen)
         finally:
             await writing
@@ -87,39 +114,37 @@ class TestResume:
 
 @pytest.mark.postgres_only
 class TestAcrossProcesses:
-    async def test_subscriber_on_another_process_gets_every_event(self, pg_gql, pg_url, schema, pg_services):
-        pid = await f.project(pg_gql)
-        agents = await register_agents(pg_gql, 10)
-        async with another_process(pg_url) as other:
+    async def test_subscriber_on_another_process_gets_every_event(self, gql, database_url, schema, services):
+        pid = await f.project(gql)
+        agents = await register_agents(gql, 10)
+        async with another_process(database_url) as other:
             seen: list[dict] = []
             async with Sub(schema, other, TASK_EVENTS, after="0") as sub:
-                await writers(pg_gql, project_id=pid, agents=agents, rounds=2)
-                expected = await all_events(pg_gql)
+                await writers(gql, project_id=pid, agents=agents, rounds=2)
+                expected = await all_events(gql)
                 await sub.read_through(expected[-1]["id"], seen)
         assert_exact_log(seen, expected)
 
-    async def test_remote_event_arrives_within_a_second(self, pg_gql, pg_url, schema, pg_services):
-        pid = await f.project(pg_gql)
-        async with another_process(pg_url) as other:
+    async def test_each_remote_event_arrives_before_the_next_change(self, gql, database_url, schema, services):
+        pid = await f.project(gql)
+        async with another_process(database_url) as other:
             async with Sub(schema, other, TASK_EVENTS, after="0") as sub, Collector(sub) as got:
-                latencies = []
+                created = []
                 for i in range(5):
-                    await f.task(pg_gql, project_id=pid, title=f"t{i}")
-                    returned = time.monotonic()
+                    created.append((await f.task(gql, project_id=pid, title=f"t{i}"))["id"])
                     await got.wait_for_count(i + 1)
-                    latencies.append(max(0.0, got.times[i] - returned))
-        print("\ncross-process latencies:", [f"{x * 1000:.1f}ms" for x in latencies])
-        assert max(latencies) < LATENCY_BOUND
+        assert [e["taskId"] for e in got.values] == created
+        assert_exact_log(got.values, await all_events(gql))
 
 
 @pytest.mark.postgres_only
 class TestOutOfOrderCommits:
-    async def test_event_committed_after_a_later_id_is_still_delivered(self, pg_gql, schema, pg_services):
-        pid = await f.project(pg_gql)
-        task = await f.task(pg_gql, project_id=pid)
-        created = await all_events(pg_gql)
-        async with Sub(schema, pg_services, TASK_EVENTS, after=created[-1]["id"]) as sub:
-            async with pg_services.sessionmaker() as slow, pg_services.sessionmaker() as fast:
+    async def test_event_committed_after_a_later_id_is_still_delivered(self, gql, schema, services):
+        pid = await f.project(gql)
+        task = await f.task(gql, project_id=pid)
+        created = await all_events(gql)
+        async with Sub(schema, services, TASK_EVENTS, after=created[-1]["id"]) as sub:
+            async with services.sessionmaker() as slow, services.sessionmaker() as fast:
                 await slow.begin()
                 slow_event = record_event(
                     slow, await slow.get(Task, int(task["id"])), TaskEventType.UPDATED, actor="slow"
@@ -130,17 +155,17 @@ class TestOutOfOrderCommits:
                         fast, await fast.get(Task, int(task["id"])), TaskEventType.UPDATED, actor="fast"
                     )
                 assert slow_event.id < fast_event.id, "the test needs the later commit to hold the higher id"
-                await pg_services.sequencer.sync()
+                await services.sequencer.sync()
                 first = await sub.next()
                 assert first["actor"] == "fast"
 
                 await slow.commit()
-            await pg_services.sequencer.sync()
+            await services.sequencer.sync()
             second = await sub.next()
 
         assert second["actor"] == "slow"
         assert int(second["id"]) > int(first["id"])
-        assert_exact_log([*created, first, second], await all_events(pg_gql))
+        assert_exact_log([*created, first, second], await all_events(gql))
 
 
 class TestSlowSubscriber:

@@ -68,253 +68,250 @@ async def world(gql: Any) -> dict[str, Any]:
     return {"pid": pid, "other": other, "claimed": claimed["id"], "free": free["id"], "foreign": foreign["id"]}
 
 
-class TestOutOfRangeNumbers:
-    @pytest.mark.parametrize("priority", [0, 11])
-    async def test_create_task_priority_outside_one_to_ten(self, gql, world, priority):
-        message = await fails_cleanly(
-            gql,
+def task_input(world: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A CreateTaskInput in the main project, with `fields` set."""
+    return {"projectId": world["pid"], "title": "t", "taskType": "research", **fields}
+
+
+UPDATE_PRIORITY = "mutation($id: ID!, $p: Int) { updateTask(id: $id, input: {priority: $p}) { id } }"
+PROGRESS = 'mutation($id: ID!, $p: Int!) { reportProgress(id: $id, agent: "w1", progress: $p) { id } }'
+REGISTER = "mutation($name: String!) { registerAgent(input: {name: $name}) { token } }"
+CREATE_PROJECT = "mutation($name: String!) { createProject(input: {name: $name}) { id } }"
+RENAME_PROJECT = "mutation($id: ID!, $name: String) { updateProject(id: $id, input: {name: $name}) { id } }"
+ADD_DEPENDENCY = "mutation($t: ID!, $d: ID!) { addDependency(taskId: $t, dependsOn: $d) { id } }"
+CASE = ("code", "query", "variables", "says")
+
+
+def case(name: str, code: str, query: str, variables: Any = None, *, says: tuple[str, ...] = ()) -> Any:
+    """One bad request: the code it must get, the words its message must contain, and its
+    variables as a function of the `world` fixture."""
+    return pytest.param(code, query, variables or (lambda world: {}), says, id=name.replace(" ", "_"))
+
+
+OUT_OF_RANGE_NUMBERS = [
+    *(
+        case(
+            f"create task priority {p}",
             "BAD_USER_INPUT",
             CREATE_TASK,
-            input={"projectId": world["pid"], "title": "t", "taskType": "research", "priority": priority},
+            lambda w, p=p: {"input": task_input(w, priority=p)},
+            says=("priority",),
         )
-        assert "priority" in message
-
-    @pytest.mark.parametrize("priority", [0, 11])
-    async def test_update_task_priority_outside_one_to_ten(self, gql, world, priority):
-        await fails_cleanly(
-            gql,
+        for p in (0, 11)
+    ),
+    *(
+        case(
+            f"update task priority {p}",
             "BAD_USER_INPUT",
-            "mutation($id: ID!, $p: Int) { updateTask(id: $id, input: {priority: $p}) { id } }",
-            id=world["free"],
-            p=priority,
+            UPDATE_PRIORITY,
+            lambda w, p=p: {"id": w["free"], "p": p},
         )
-
-    @pytest.mark.parametrize("progress", [-1, 101])
-    async def test_progress_outside_zero_to_hundred(self, gql, world, progress):
-        message = await fails_cleanly(
-            gql,
+        for p in (0, 11)
+    ),
+    *(
+        case(
+            f"progress {p}",
             "BAD_USER_INPUT",
-            'mutation($id: ID!, $p: Int!) { reportProgress(id: $id, agent: "w1", progress: $p) { id } }',
-            id=world["claimed"],
-            p=progress,
+            PROGRESS,
+            lambda w, p=p: {"id": w["claimed"], "p": p},
+            says=("progress",),
         )
-        assert "progress" in message
+        for p in (-1, 101)
+    ),
+]
 
 
-class TestStringLengths:
-    async def test_title_of_501_characters(self, gql, world):
-        message = await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            CREATE_TASK,
-            input={"projectId": world["pid"], "title": "x" * 501, "taskType": "research"},
-        )
-        assert "title" in message
-        assert "500" in message
-
-    async def test_title_of_500_characters_is_fine(self, gql, world):
-        data = await gql.execute(
-            CREATE_TASK, input={"projectId": world["pid"], "title": "x" * 500, "taskType": "research"}
-        )
-        assert data["createTask"]["id"]
-
-    @pytest.mark.parametrize("title", ["", "   "])
-    async def test_empty_title(self, gql, world, title):
-        await fails_cleanly(
-            gql,
+STRING_LENGTHS = [
+    case(
+        "title of 501 characters",
+        "BAD_USER_INPUT",
+        CREATE_TASK,
+        lambda w: {"input": task_input(w, title="x" * 501)},
+        says=("title", "500"),
+    ),
+    *(
+        case(
+            f"{kind} title",
             "BAD_USER_INPUT",
             CREATE_TASK,
-            input={"projectId": world["pid"], "title": title, "taskType": "research"},
+            lambda w, t=title: {"input": task_input(w, title=t)},
         )
+        for kind, title in (("empty", ""), ("blank", "   "))
+    ),
+    case(
+        "empty title in update",
+        "BAD_USER_INPUT",
+        'mutation($id: ID!) { updateTask(id: $id, input: {title: ""}) { id } }',
+        lambda w: {"id": w["free"]},
+    ),
+    case(
+        "description of 10001 characters",
+        "BAD_USER_INPUT",
+        CREATE_TASK,
+        lambda w: {"input": task_input(w, description="d" * 10_001)},
+        says=("description",),
+    ),
+    case("agent name of 101 characters", "BAD_USER_INPUT", REGISTER, lambda w: {"name": "a" * 101}),
+    case("project name of 101 characters", "BAD_USER_INPUT", CREATE_PROJECT, lambda w: {"name": "p" * 101}),
+    case(
+        "project rename to 101 characters",
+        "BAD_USER_INPUT",
+        RENAME_PROJECT,
+        lambda w: {"id": w["pid"], "name": "p" * 101},
+    ),
+]
 
-    async def test_empty_title_in_update(self, gql, world):
-        await fails_cleanly(
-            gql,
+
+UNKNOWN_IDS = [
+    case(
+        "create task in unknown project",
+        "NOT_FOUND",
+        CREATE_TASK,
+        lambda w: {"input": {**task_input(w), "projectId": "9999"}},
+    ),
+    case(
+        "create tasks in unknown project",
+        "NOT_FOUND",
+        CREATE_TASKS,
+        lambda w: {"pid": "9999", "tasks": [{"title": "t", "taskType": "research"}]},
+    ),
+    case(
+        "depends on unknown task",
+        "NOT_FOUND",
+        CREATE_TASK,
+        lambda w: {"input": task_input(w, dependsOn=["9999"])},
+    ),
+    case("claim unknown task", "NOT_FOUND", 'mutation { claimTask(id: "9999", agent: "w1") { id } }'),
+    case(
+        "claim by unknown agent",
+        "NOT_FOUND",
+        'mutation($id: ID!) { claimTask(id: $id, agent: "ghost") { id } }',
+        lambda w: {"id": w["free"]},
+    ),
+    case(
+        "assign to unknown agent",
+        "NOT_FOUND",
+        CREATE_TASK,
+        lambda w: {"input": task_input(w, assignee="ghost")},
+    ),
+    case("heartbeat of unknown agent", "NOT_FOUND", 'mutation { heartbeat(agent: "ghost") { name } }'),
+    case(
+        "add dependency on unknown task",
+        "NOT_FOUND",
+        'mutation($id: ID!) { addDependency(taskId: $id, dependsOn: "9999") { id } }',
+        lambda w: {"id": w["free"]},
+    ),
+]
+
+
+MALFORMED_REQUESTS = [
+    case("malformed document", "BAD_USER_INPUT", "mutation { createProject(input: {name: "),
+    case(
+        "malformed datetime variable",
+        "BAD_USER_INPUT",
+        CREATE_TASK,
+        lambda w: {"input": task_input(w, availableAt="yesterday")},
+    ),
+    case(
+        "malformed datetime literal",
+        "BAD_USER_INPUT",
+        'mutation($id: ID!) { updateTask(id: $id, input: {availableAt: "yesterday"}) { id } }',
+        lambda w: {"id": w["free"]},
+    ),
+    case("wrong enum literal", "BAD_USER_INPUT", "{ tasks(filter: {status: [DONE]}) { totalCount } }"),
+    case(
+        "wrong enum variable",
+        "BAD_USER_INPUT",
+        "mutation($id: ID!, $s: ProjectStatus) { updateProject(id: $id, input: {status: $s}) { id } }",
+        lambda w: {"id": w["pid"], "s": "DONE"},
+    ),
+    case("unknown field", "BAD_USER_INPUT", "{ tasks { nodes { secretColumn } } }"),
+    *(
+        case(
+            f"malformed id {task_id}",
             "BAD_USER_INPUT",
-            'mutation($id: ID!) { updateTask(id: $id, input: {title: ""}) { id } }',
-            id=world["free"],
+            "mutation($id: ID!) { deleteTask(id: $id) }",
+            lambda w, t=task_id: {"id": t},
         )
-
-    async def test_description_of_10001_characters(self, gql, world):
-        message = await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            CREATE_TASK,
-            input={"projectId": world["pid"], "title": "t", "taskType": "research", "description": "d" * 10_001},
-        )
-        assert "description" in message
-
-    async def test_agent_name_of_101_characters(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            "mutation($name: String!) { registerAgent(input: {name: $name}) { token } }",
-            name="a" * 101,
-        )
-
-    async def test_project_name_of_101_characters(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            "mutation($name: String!) { createProject(input: {name: $name}) { id } }",
-            name="p" * 101,
-        )
-
-    async def test_project_rename_to_101_characters(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            "mutation($id: ID!, $name: String) { updateProject(id: $id, input: {name: $name}) { id } }",
-            id=world["pid"],
-            name="p" * 101,
-        )
+        for task_id in ("abc", "-1", "0", "99999999999999999999999")
+    ),
+]
 
 
-class TestUnknownIds:
-    async def test_create_task_in_unknown_project(self, gql, world):
-        await fails_cleanly(
-            gql, "NOT_FOUND", CREATE_TASK, input={"projectId": "9999", "title": "t", "taskType": "research"}
-        )
-
-    async def test_create_tasks_in_unknown_project(self, gql, world):
-        await fails_cleanly(gql, "NOT_FOUND", CREATE_TASKS, pid="9999", tasks=[{"title": "t", "taskType": "research"}])
-
-    async def test_depends_on_unknown_task(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "NOT_FOUND",
-            CREATE_TASK,
-            input={"projectId": world["pid"], "title": "t", "taskType": "research", "dependsOn": ["9999"]},
-        )
-
-    async def test_claim_unknown_task(self, gql, world):
-        await fails_cleanly(gql, "NOT_FOUND", 'mutation { claimTask(id: "9999", agent: "w1") { id } }')
-
-    async def test_claim_by_unknown_agent(self, gql, world):
-        await fails_cleanly(
-            gql, "NOT_FOUND", 'mutation($id: ID!) { claimTask(id: $id, agent: "ghost") { id } }', id=world["free"]
-        )
-
-    async def test_assign_to_unknown_agent(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "NOT_FOUND",
-            CREATE_TASK,
-            input={"projectId": world["pid"], "title": "t", "taskType": "research", "assignee": "ghost"},
-        )
-
-    async def test_heartbeat_of_unknown_agent(self, gql, world):
-        await fails_cleanly(gql, "NOT_FOUND", 'mutation { heartbeat(agent: "ghost") { name } }')
-
-    async def test_add_dependency_on_unknown_task(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "NOT_FOUND",
-            'mutation($id: ID!) { addDependency(taskId: $id, dependsOn: "9999") { id } }',
-            id=world["free"],
-        )
-
-
-class TestMalformedRequests:
-    async def test_malformed_document(self, gql, world):
-        await fails_cleanly(gql, "BAD_USER_INPUT", "mutation { createProject(input: {name: ")
-
-    async def test_malformed_datetime_variable(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            CREATE_TASK,
-            input={"projectId": world["pid"], "title": "t", "taskType": "research", "availableAt": "yesterday"},
-        )
-
-    async def test_malformed_datetime_literal(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            'mutation($id: ID!) { updateTask(id: $id, input: {availableAt: "yesterday"}) { id } }',
-            id=world["free"],
-        )
-
-    async def test_wrong_enum_literal(self, gql, world):
-        await fails_cleanly(gql, "BAD_USER_INPUT", "{ tasks(filter: {status: [DONE]}) { totalCount } }")
-
-    async def test_wrong_enum_variable(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            "mutation($id: ID!, $s: ProjectStatus) { updateProject(id: $id, input: {status: $s}) { id } }",
-            id=world["pid"],
-            s="DONE",
-        )
-
-    async def test_unknown_field(self, gql, world):
-        await fails_cleanly(gql, "BAD_USER_INPUT", "{ tasks { nodes { secretColumn } } }")
-
-    @pytest.mark.parametrize("task_id", ["abc", "-1", "0", "99999999999999999999999"])
-    async def test_malformed_id(self, gql, world, task_id):
-        await fails_cleanly(gql, "BAD_USER_INPUT", "mutation($id: ID!) { deleteTask(id: $id) }", id=task_id)
-
-
-class TestInvalidReferences:
-    async def test_dependency_on_a_task_in_another_project(self, gql, world):
-        message = await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            CREATE_TASK,
-            input={"projectId": world["pid"], "title": "t", "taskType": "research", "dependsOn": [world["foreign"]]},
-        )
-        assert "project" in message
-
-    async def test_add_dependency_on_a_task_in_another_project(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            "mutation($t: ID!, $d: ID!) { addDependency(taskId: $t, dependsOn: $d) { id } }",
-            t=world["free"],
-            d=world["foreign"],
-        )
-
-    async def test_parent_in_another_project(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            CREATE_TASK,
-            input={"projectId": world["pid"], "title": "t", "taskType": "research", "parentId": world["foreign"]},
-        )
-
-    async def test_create_tasks_with_a_dangling_ref(self, gql, world):
-        message = await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            CREATE_TASKS,
-            pid=world["pid"],
-            tasks=[
+INVALID_REFERENCES = [
+    case(
+        "dependency on a task in another project",
+        "BAD_USER_INPUT",
+        CREATE_TASK,
+        lambda w: {"input": task_input(w, dependsOn=[w["foreign"]])},
+        says=("project",),
+    ),
+    case(
+        "add dependency on a task in another project",
+        "BAD_USER_INPUT",
+        ADD_DEPENDENCY,
+        lambda w: {"t": w["free"], "d": w["foreign"]},
+    ),
+    case(
+        "parent in another project",
+        "BAD_USER_INPUT",
+        CREATE_TASK,
+        lambda w: {"input": task_input(w, parentId=w["foreign"])},
+    ),
+    case(
+        "create tasks with a dangling ref",
+        "BAD_USER_INPUT",
+        CREATE_TASKS,
+        lambda w: {
+            "pid": w["pid"],
+            "tasks": [
                 {"title": "a", "taskType": "research", "ref": "a"},
                 {"title": "b", "taskType": "research", "dependsOnRefs": ["missing"]},
             ],
-        )
-        assert "missing" in message
-
-    async def test_create_tasks_with_a_duplicate_ref(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            CREATE_TASKS,
-            pid=world["pid"],
-            tasks=[
+        },
+        says=("missing",),
+    ),
+    case(
+        "create tasks with a duplicate ref",
+        "BAD_USER_INPUT",
+        CREATE_TASKS,
+        lambda w: {
+            "pid": w["pid"],
+            "tasks": [
                 {"title": "a", "taskType": "research", "ref": "a"},
                 {"title": "b", "taskType": "research", "ref": "a"},
             ],
-        )
+        },
+    ),
+    case(
+        "create tasks with one bad item creates none",
+        "BAD_USER_INPUT",
+        CREATE_TASKS,
+        lambda w: {
+            "pid": w["pid"],
+            "tasks": [
+                {"title": "ok", "taskType": "research"},
+                {"title": "bad", "taskType": "research", "priority": 99},
+            ],
+        },
+    ),
+]
 
-    async def test_create_tasks_with_one_bad_item_creates_none(self, gql, world):
-        await fails_cleanly(
-            gql,
-            "BAD_USER_INPUT",
-            CREATE_TASKS,
-            pid=world["pid"],
-            tasks=[{"title": "ok", "taskType": "research"}, {"title": "bad", "taskType": "research", "priority": 99}],
-        )
+
+class TestBadRequests:
+    @pytest.mark.parametrize(
+        CASE, OUT_OF_RANGE_NUMBERS + STRING_LENGTHS + UNKNOWN_IDS + MALFORMED_REQUESTS + INVALID_REFERENCES
+    )
+    async def test_gets_its_code_a_clean_message_and_changes_nothing(self, gql, world, code, query, variables, says):
+        message = await fails_cleanly(gql, code, query, **variables(world))
+        for word in says:
+            assert word in message, message
+
+
+class TestLimits:
+    async def test_title_of_500_characters_is_fine(self, gql, world):
+        data = await gql.execute(CREATE_TASK, input=task_input(world, title="x" * 500))
+        assert data["createTask"]["id"]
 
 
 class TestUnexpectedErrors:

@@ -157,6 +157,16 @@ class TestConcurrencyLimit:
         await f.transition(gql, "submitTask", id=first, agent="solo")
         assert await claim_next(gql, "solo") == second
 
+    async def test_soft_deleted_task_frees_a_slot(self, gql, pid):
+        await f.agent(gql, name="solo", maxConcurrentTasks=1)
+        first = await new_task(gql, pid, "first")
+        second = await new_task(gql, pid, "second")
+        await f.claim(gql, task_id=first, agent="solo")
+        await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=first)
+        agent = await gql.execute('{ agent(name: "solo") { status currentTasks { id } } }')
+        assert agent["agent"] == {"status": "ONLINE", "currentTasks": []}
+        assert await claim_next(gql, "solo") == second
+
 
 class TestClaimNextFilters:
     async def test_project_filter_picks_from_that_project_only(self, gql, pid):
@@ -296,8 +306,8 @@ class TestClaimConflicts:
         assert failure.code == "CONFLICT"
         assert await state(gql, tid) == before
 
-    async def test_concurrent_claims_have_exactly_one_winner(self, pg_gql):
-        gql = pg_gql
+    @pytest.mark.postgres_only
+    async def test_concurrent_claims_have_exactly_one_winner(self, gql):
         pid = await f.project(gql)
         names = [f"racer{i}" for i in range(8)]
         for name in names:
@@ -315,8 +325,8 @@ class TestClaimConflicts:
         assert sorted(outcomes) == ["CONFLICT"] * 7 + ["WON"]
         assert [e["type"] for e in await f.events(gql, task_id=tid)] == ["CREATED", "CLAIMED"]
 
-    async def test_concurrent_claim_next_hands_out_each_task_once(self, pg_gql):
-        gql = pg_gql
+    @pytest.mark.postgres_only
+    async def test_concurrent_claim_next_hands_out_each_task_once(self, gql):
         pid = await f.project(gql)
         names = [f"racer{i}" for i in range(8)]
         for name in names:

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from tests import factories as f
+from tests.conftest import wait_for_lock_waiter
 
 VIEW = "id status ready blockedBy { id } dependencies { id } dependents { id }"
 ADD = "mutation($t: ID!, $d: ID!) { addDependency(taskId: $t, dependsOn: $d) { id ready } }"
@@ -79,6 +80,26 @@ class TestDependencyGating:
         failure = await gql.error('mutation($id: ID!) { claimTask(id: $id, agent: "w1") { id } }', id=second)
         assert failure.code == "DEPENDENCIES_NOT_MET"
         assert await state(gql, second) == before
+
+    async def test_task_created_on_a_completed_dependency_is_ready(self, gql, pid):
+        first = await new_task(gql, pid, "first")
+        await complete(gql, first)
+        second = await new_task(gql, pid, "second", dependsOn=[first])
+        task = await view(gql, second)
+        assert (task["status"], task["ready"], task["blockedBy"]) == ("PENDING", True, [])
+        assert ids(task["dependencies"]) == [first]
+        claimed = await gql.execute('mutation { claimNextTask(agent: "w1") { id } }')
+        assert claimed["claimNextTask"] == {"id": second}
+
+    async def test_task_created_on_a_completed_and_an_unfinished_dependency_waits_for_one(self, gql, pid):
+        done = await new_task(gql, pid, "done")
+        await complete(gql, done)
+        open_ = await new_task(gql, pid, "open")
+        waiting = await new_task(gql, pid, "waiting", dependsOn=[done, open_])
+        assert ids((await view(gql, waiting))["blockedBy"]) == [open_]
+        await complete(gql, open_)
+        assert (await view(gql, waiting))["ready"] is True
+        assert len(await unblocked(gql, waiting)) == 1
 
     async def test_claim_next_skips_blocked_task(self, gql, pid):
         first = await new_task(gql, pid, "first", priority=1)
@@ -208,10 +229,10 @@ class TestAddDependency:
         assert (await view(gql, a))["ready"] is True
         assert len(await unblocked(gql, a)) == 1
 
-    async def test_dependency_added_while_another_completes_is_counted_once(self, pg_gql):
+    @pytest.mark.postgres_only
+    async def test_dependency_added_while_another_completes_is_counted_once(self, gql):
         """addDependency racing a completion of the task's other dependency: the counter
         must be read under the row lock, or the task stays blocked forever."""
-        gql = pg_gql
         pid = await f.project(gql)
         await f.agent(gql, name="w1")
         await f.agent(gql, name="rev")
@@ -231,20 +252,6 @@ class TestAddDependency:
         assert ids((await view(gql, waiting))["blockedBy"]) == [added]
         await complete(gql, added)
         assert (await view(gql, waiting))["ready"] is True
-
-
-async def wait_for_lock_waiter(session: Any, *, deadline: float = 10) -> None:
-    """Poll until another backend waits for a lock (PostgreSQL)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while loop.time() < end:
-        waiting = await session.scalar(
-            text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("no concurrent transaction started waiting for the lock")
 
 
 class TestRemoveDependency:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from task_service.services import Services
 from tests import factories as f
-from tests.conftest import Client, GraphQLFailure, make_settings
+from tests.conftest import Client, GraphQLFailure, wait_for_lock_waiter, with_settings
 
 STATUSES = ["PENDING", "ASSIGNED", "RUNNING", "REVIEWING", "COMPLETED", "FAILED", "CANCELLED"]
 TERMINAL = ["COMPLETED", "FAILED", "CANCELLED"]
@@ -48,8 +46,10 @@ def at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def close_to(value: str, expected: datetime, *, tolerance: float = 5) -> bool:
-    return abs((at(value) - expected).total_seconds()) <= tolerance
+def set_during(value: str, began: datetime, ended: datetime, *, plus: float) -> bool:
+    """`value` is `plus` seconds after a moment between `began` and `ended` (the call that
+    set it): exact however long the call took."""
+    return began + timedelta(seconds=plus) <= at(value) <= ended + timedelta(seconds=plus)
 
 
 async def task_in(gql: Any, pid: str, status: str, **extra: Any) -> str:
@@ -86,13 +86,15 @@ async def pid(gql: Any) -> str:
     return project_id
 
 
+def served_with(gql: Client, **settings: Any) -> Client:
+    """The same database served with some settings changed."""
+    return Client(gql.schema, with_settings(gql.services, **settings))
+
+
 @pytest.fixture
-async def backoff_gql(gql: Any) -> AsyncIterator[Client]:
+def backoff_gql(gql: Client) -> Client:
     """The same database served with RETRY_BACKOFF_SECONDS=30."""
-    svc = Services.build(make_settings(gql.services.settings.database_url, retry_backoff_seconds=30))
-    await svc.start()
-    yield Client(gql.schema, svc)
-    await svc.close()
+    return served_with(gql, retry_backoff_seconds=30)
 
 
 class TestCreateTask:
@@ -123,12 +125,13 @@ class TestClaimTask:
         tid = (await f.task(gql, project_id=pid))["id"]
         before = datetime.now(UTC)
         claimed = await f.claim(gql, task_id=tid, agent="w1")
+        after = datetime.now(UTC)
         assert claimed["status"] == "ASSIGNED"
         assert claimed["attempt"] == 1
         assert claimed["assignee"] == {"name": "w1"}
         s = await state(gql, tid)
         lease = gql.services.settings.lease
-        assert close_to(s["task"]["leaseExpiresAt"], before + timedelta(seconds=lease))
+        assert set_during(s["task"]["leaseExpiresAt"], before, after, plus=lease)
         assert s["task"]["ready"] is False
         assert [(e["type"], e["fromStatus"], e["toStatus"], e["actor"]) for e in s["events"]][-1] == (
             "CLAIMED",
@@ -285,6 +288,19 @@ class TestReviewTask:
         assert await state(gql, tid) == before
         assert (await agent_state(gql, "w1"))["stats"]["completedTasks"] == 0
 
+    async def test_only_the_designated_reviewer_may_review(self, gql, pid):
+        await f.agent(gql, name="chief")
+        tid = await task_in(gql, pid, "REVIEWING", reviewer="chief")
+        before = await state(gql, tid)
+        failure = await gql.error(
+            'mutation($id: ID!) { reviewTask(id: $id, reviewer: "rev", approved: true) { id } }', id=tid
+        )
+        assert failure.code == "FORBIDDEN"
+        assert "chief" in str(failure)
+        assert await state(gql, tid) == before
+        approved = await f.transition(gql, "reviewTask", id=tid, reviewer="chief", approved=True)
+        assert approved["status"] == "COMPLETED"
+
     async def test_rejection_with_attempts_left_returns_task_to_pending_with_feedback(self, gql, pid):
         tid = await task_in(gql, pid, "REVIEWING", maxAttempts=2)
         await f.transition(gql, "reviewTask", id=tid, reviewer="rev", approved=False, feedback="too short")
@@ -370,17 +386,36 @@ class TestFailTask:
 
     async def test_retry_waits_out_the_backoff(self, gql, backoff_gql, pid):
         tid = await task_in(gql, pid, "RUNNING")
-        failed_at = datetime.now(UTC)
+        before = datetime.now(UTC)
         await f.transition(backoff_gql, "failTask", id=tid, agent="w1", error="rate limited")
+        after = datetime.now(UTC)
         s = await state(gql, tid)
         assert s["task"]["status"] == "PENDING"
-        assert close_to(s["task"]["availableAt"], failed_at + timedelta(seconds=30))
+        assert set_during(s["task"]["availableAt"], before, after, plus=30)
         assert s["task"]["ready"] is False
         claimed = await gql.execute('mutation { claimNextTask(agent: "w2") { id } }')
         assert claimed["claimNextTask"] is None
         failure = await gql.error('mutation($id: ID!) { claimTask(id: $id, agent: "w2") { id } }', id=tid)
         assert failure.code == "INVALID_TRANSITION"
         assert await state(gql, tid) == s
+
+    async def test_backoff_doubles_with_each_attempt_up_to_its_cap(self, gql, pid):
+        capped = served_with(gql, retry_backoff_seconds=10, retry_backoff_max_seconds=25)
+        tid = (await f.task(gql, project_id=pid, maxAttempts=4))["id"]
+        for attempt, delay in ((1, 10), (2, 20), (3, 25)):
+            claimed = await f.claim(gql, task_id=tid, agent="w1")
+            assert claimed["attempt"] == attempt
+            before = datetime.now(UTC)
+            failed = await f.transition(capped, "failTask", id=tid, agent="w1", error="busy")
+            after = datetime.now(UTC)
+            assert (failed["status"], failed["ready"]) == ("PENDING", False)
+            assert set_during(failed["availableAt"], before, after, plus=delay), (attempt, failed["availableAt"])
+            # Bring the retry forward instead of waiting it out.
+            await gql.execute(
+                "mutation($id: ID!, $at: DateTime) { updateTask(id: $id, input: {availableAt: $at}) { id } }",
+                id=tid,
+                at=(before - timedelta(seconds=1)).isoformat(),
+            )
 
     async def test_non_retryable_failure_fails_the_task(self, gql, pid):
         tid = await task_in(gql, pid, "RUNNING", maxAttempts=3)
@@ -454,10 +489,10 @@ class TestCancelTask:
         assert failure.code == "INVALID_TRANSITION"
         assert await state(gql, tid) == before
 
-    async def test_cancel_waits_out_a_concurrent_completion(self, pg_gql):
+    @pytest.mark.postgres_only
+    async def test_cancel_waits_out_a_concurrent_completion(self, gql):
         """A completion that commits while cancelTask waits for the row wins: the cancel
         must see COMPLETED and refuse, not cancel a finished task."""
-        gql = pg_gql
         pid = await f.project(gql)
         await f.agent(gql, name="w1")
         tid = await task_in(gql, pid, "RUNNING")
@@ -468,20 +503,6 @@ class TestCancelTask:
         failure = await asyncio.wait_for(cancel, 10)
         assert failure.code == "INVALID_TRANSITION"
         assert (await state(gql, tid))["task"]["status"] == "COMPLETED"
-
-
-async def wait_for_lock_waiter(session: Any, *, deadline: float = 10) -> None:
-    """Poll until another backend waits for a row lock (PostgreSQL)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while loop.time() < end:
-        waiting = await session.scalar(
-            text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("no concurrent transaction started waiting for the lock")
 
 
 # Where each action is allowed from (claimTask on a held task is CONFLICT, see test_claiming).
