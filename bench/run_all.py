@@ -206,31 +206,33 @@ FULL = Sizes(
     b4_args=[],
 )
 QUICK = Sizes(
-    b1_tasks=2_000,
+    b1_tasks=1_000,
     b1_agents=40,
     b2_agents=50,
-    b5_tasks=3_000,
-    b6_calls=5,
+    b5_tasks=2_000,
+    b6_calls=3,
     b6_size=100,
     b7_ids=100,
-    duration=2,
+    duration=1,
     warmup=0,
     v1_duration=1,
     connections=20,
-    b3_args=["--subscribers", "20", "--duration", "2", "--grace", "5", "--warmup", "1"],
+    b3_args=["--subscribers", "10", "--duration", "2", "--grace", "5", "--warmup", "1"],
     b4_args=[
         "--blocked",
-        "300",
-        "--non-matching",
-        "100",
-        "--scheduled",
-        "100",
-        "--ready",
         "200",
+        "--non-matching",
+        "50",
+        "--scheduled",
+        "50",
+        "--ready",
+        "50",
         "--claims",
-        "30",
+        "10",
         "--warmup-claims",
-        "5",
+        "2",
+        "--batch",
+        "500",
     ],
 )
 
@@ -467,8 +469,12 @@ class Bench:
         if self.sizes.warmup > 0:
             self.wrk(url, path, bodies, self.sizes.warmup, name=f"{bench}-warmup", **kw)
         before, pg0 = self.server_sample(), pg_cpu()
+        profiler = self.profile(bench) if service else None
         result = self.wrk(url, path, bodies, self.sizes.duration, name=bench, **kw)
         cpu, rss = self.server_usage(before)
+        if profiler is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(30)
         seconds = result["duration_us"] / 1e6
         row = Row(
             bench,
@@ -487,6 +493,33 @@ class Bench:
         if problems:
             row.notes = f"{problems} failed requests"
         return row
+
+    def profile(self, name: str) -> subprocess.Popen[bytes] | None:
+        """With --profile DIR: py-spy samples the service during the run (collapsed stacks,
+        DIR/<name>.txt; `--format speedscope` or an SVG can be made from them)."""
+        if self.args.profile is None or self.server is None:
+            return None
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        out = self.args.profile / f"{name}.txt"
+        return subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.server.process.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--duration",
+                str(max(round(self.sizes.duration), 1)),
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.args.profile / f"{name}.log").open("wb"),
+        )
 
     def run_client(self, mode: str, *extra: str) -> dict[str, Any]:
         cpu0, t0 = children_cpu(), time.monotonic()
@@ -938,6 +971,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a service setting for every server started (repeatable)",
     )
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, --quick 1.5)")
+    parser.add_argument("--b1-tasks", type=int, help="ready tasks for B1 (default 40,000; --quick 2,000)")
     parser.add_argument("--b3", action="append", default=[], metavar="ARG", help="extra argument for b3_fanout.py")
     parser.add_argument(
         "--b4", action="append", default=[], metavar="ARG", help="extra argument for b4_claim_backlog.py"
@@ -945,6 +979,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, help="write the results here (default bench/RESULTS.md; none with --quick)"
     )
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the service during B1, B2, B5, B7")
     parser.add_argument("--json", type=Path, help="also write every figure as one JSON line")
     parser.add_argument("--pg-admin-dsn", default=os.environ.get("BENCH_PG_ADMIN_DSN", DEFAULT_PG_ADMIN_DSN))
     args = parser.parse_args(argv)
@@ -956,8 +991,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(WRK).exists():
         print("run_all.py: wrk is not installed", file=sys.stderr)
         return 2
+    if args.b1_tasks:
+        QUICK.b1_tasks = FULL.b1_tasks = args.b1_tasks
     if args.duration:
-        global QUICK, FULL
         QUICK.duration = FULL.duration = args.duration
         FULL.v1_duration = args.duration
     return asyncio.run(main_async(args))
