@@ -179,9 +179,9 @@ class Subscription:
         async with _slot(info, "dashboardStats") as delivered:
             stream: Any = info.context.services.stats_hub.subscribe(key)
             try:
-                async for stats in stream:
+                async for counts in stream:
                     delivered.inc()
-                    yield stats
+                    yield DashboardStats.from_counts(counts)
             finally:
                 await stream.aclose()
 
