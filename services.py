@@ -16,6 +16,7 @@ from .db.agents import PresenceChange
 from .db.events import stamp_events
 from .db.health import service_counts
 from .db.session import create_engine, create_sessionmaker
+from .db.stats import DashboardCounts, dashboard_counts
 from .events.bus import EventBus
 from .events.sequencer import Sequencer
 from .events.single_flight import SingleFlight
@@ -37,7 +38,7 @@ class Services:
     bus: EventBus
     metrics: Metrics = field(default_factory=Metrics)
     sequencer: Sequencer = field(init=False)
-    stats_hub: StatsHub[Any] = field(init=False)
+    stats_hub: StatsHub[DashboardCounts] = field(init=False)
     tail: LogTail = field(init=False)
     snapshots: TaskSnapshots = field(init=False)
     shared_results: SingleFlight[Any] = field(init=False)
@@ -55,10 +56,9 @@ class Services:
         self.shared_results = SingleFlight(capacity=1024)
         self.sequencer = Sequencer(self.sessionmaker, on_sequenced=self.bus.publish_horizon)
 
-        async def compute(project_id: int | None) -> Any:
-            from .resolvers.stats import compute_stats
-
-            return await compute_stats(self, project_id)
+        async def compute(project_id: int | None) -> DashboardCounts:
+            async with self.read() as session:
+                return await dashboard_counts(session, project_id)
 
         self.stats_hub = StatsHub(self.bus, compute, min_interval=self.settings.stats_min_interval_seconds)
 

@@ -9,9 +9,9 @@ from ..db import agents as db
 from ..db.lifecycle import release_all
 from ..db.models import Agent as AgentRow
 from ..errors import NotFound
+from ..schema import validate
 from ..schema.agents import Agent, AgentRegistration, RegisterAgentInput
 from ..schema.enums import AgentStatus
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]
