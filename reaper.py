@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import agents as db_agents
-from .db.base import utcnow
+from .db.base import rowcount, utcnow
 from .db.enums import ACTIVE_STATUSES, TaskEventType, TaskStatus
 from .db.health import problem
 from .db.idempotency import purge_keys
@@ -243,6 +243,6 @@ class Reaper:
             purged = await purge_deleted(session, older_than=keep)
             projects = await session.execute(delete(Project).where(Project.deleted_at < keep))
             agents = await session.execute(delete(Agent).where(Agent.deleted_at < keep))
-            purged += (projects.rowcount or 0) + (agents.rowcount or 0)
+            purged += rowcount(projects) + rowcount(agents)
             await purge_keys(session, older_than=now - timedelta(hours=self.settings.idempotency_retention_hours))
         return purged
