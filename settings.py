@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_subscriber_lag: int = Field(10_000, ge=1)
     stats_min_interval_seconds: float = Field(0.5, ge=0)
     ws_keepalive_seconds: float = Field(15, gt=0)
+    # permessage-deflate on WebSockets: off by default, since with many subscribers the
+    # per-message compression costs more server CPU than the bytes it saves on a LAN.
+    ws_compression: bool = False
     graphiql: bool | None = None
     introspection: bool | None = None
     auto_migrate: bool | None = None

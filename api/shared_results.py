@@ -16,7 +16,8 @@ the key: the Context's `result_scope`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast, visit
@@ -24,6 +25,48 @@ from graphql.execution.values import VariableValues
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from ..schema.sharing import SHARE_ATTRIBUTE
+
+
+class SharedPayloads:
+    """The JSON of shared results' `{"data": ...}` payloads, encoded once per result.
+
+    Every subscriber of a shared result gets the same `data` object (strawberry wraps it in
+    its own ExecutionResult per subscriber, but keeps the object), so its encoded payload is
+    found by identity: the transport (api/transport.py) asks `encoded(data)` when it sends a
+    `next` message and splices the text in, instead of encoding the same data once per
+    subscriber. Entries hold their data, so an id is never reused while it is here; the
+    oldest are dropped beyond `capacity`.
+    """
+
+    def __init__(self, capacity: int = 1024):
+        self._capacity = capacity
+        self._entries: OrderedDict[int, tuple[object, str | None]] = OrderedDict()
+        self.encoded_count = 0
+
+    def register(self, data: object) -> None:
+        """`data` is a shared result's: its payload may be encoded once for every subscriber."""
+        if data is None or id(data) in self._entries:
+            return
+        self._entries[id(data)] = (data, None)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def encoded(self, data: object, encode: Callable[[object], str | bytes]) -> str | None:
+        """The JSON text of `{"data": data}`, encoded on first use; None when `data` is not
+        a shared result's."""
+        entry = self._entries.get(id(data))
+        if entry is None or entry[0] is not data:
+            return None
+        text = entry[1]
+        if text is None:
+            raw = encode({"data": data})
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            self._entries[id(data)] = (data, text)
+            self.encoded_count += 1
+        return text
+
+
+shared_payloads = SharedPayloads()
 
 
 class _VariableNames(Visitor):
@@ -90,9 +133,11 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             result = execute(serially)
             if self.is_awaitable(result):
                 result = await result
+            if isinstance(result, ExecutionResult) and not result.errors:
+                shared_payloads.register(result.data)
             return result  # type: ignore[return-value]
 
         return self.context_value.shared_results.get(self._share_key, run, keep=lambda r: not r.errors)
 
 
-__all__ = ["SharingExecutionContext"]
+__all__ = ["SharingExecutionContext", "shared_payloads"]
