@@ -311,7 +311,8 @@ class Bench:
         url = await create_pg_database(args.pg_admin_dsn, self.db_name)
         self.dsn = "postgresql://" + url.split("://", 1)[1]
         await asyncio.to_thread(run_migrations, url, self.server_env, self.workdir)
-        self.server = launch_server(url, self.server_env, self.workdir)
+        workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
+        self.server = launch_server(url, self.server_env, self.workdir, workers)
         await wait_healthy(self.server)
         self.monitor = ServerMonitor(self.server.process.pid)
         self.monitor.start()
@@ -885,7 +886,8 @@ def results_md(bench: Bench, started: datetime, seconds: float) -> str:
             f"{m['python']}, PostgreSQL {bench.info.get('postgres', '?')} (127.0.0.1), {m['wrk']}. Load average at the"
             f" start: {' '.join(f'{x:.2f}' for x in m['loadavg'])}"
             " (the machine is shared: compare ratios, not absolutes).",
-            f"Service: one `task-service serve` process, server settings: {env}. "
+            f"Service: `task-service serve`{' --workers ' + str(bench.args.workers) if bench.args.workers > 1 else ''}"
+            f" (B1, B2, B5-B7), server settings: {env}. "
             f"Load: wrk, {bench.sizes.connections} connections, {bench.sizes.duration:g} s per run after a"
             f" {bench.sizes.warmup:g} s warm-up; tasks in the database for B5: {bench.info.get('tasks_total', 0):,}.",
             "",
@@ -971,6 +973,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a service setting for every server started (repeatable)",
     )
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, --quick 1.5)")
+    parser.add_argument("--workers", type=int, default=1, help="`serve --workers N` for B1, B2, B5-B7 (default 1)")
     parser.add_argument("--b1-tasks", type=int, help="ready tasks for B1 (default 40,000; --quick 2,000)")
     parser.add_argument("--b3", action="append", default=[], metavar="ARG", help="extra argument for b3_fanout.py")
     parser.add_argument(
