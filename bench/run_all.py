@@ -59,7 +59,6 @@ from b3_fanout import (
     HOST,
     Server,
     ServerMonitor,
-    cpu_seconds,
     create_pg_database,
     drop_pg_database,
     free_port,
@@ -240,19 +239,6 @@ QUICK = Sizes(
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def pg_cpu() -> float:
-    """CPU seconds of every PostgreSQL process on the machine (other databases' too)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().strip() == "postgres":
-                    total += cpu_seconds(int(entry))
-            except OSError:
-                pass
-    return total
 
 
 def machine() -> dict[str, Any]:
@@ -476,7 +462,7 @@ class Bench:
     ) -> Row:
         if self.sizes.warmup > 0:
             self.wrk(url, path, bodies, self.sizes.warmup, name=f"{bench}-warmup", **kw)
-        before, pg0 = self.server_sample(), pg_cpu()
+        before = self.server_sample()
         profiler = self.profile(bench) if service else None
         result = self.wrk(url, path, bodies, self.sizes.duration, name=bench, **kw)
         cpu, rss = self.server_usage(before)
@@ -493,7 +479,7 @@ class Bench:
             server_cpu=cpu if service else None,
             server_rss_mb=rss if service else None,
             gen_cpu=result["gen_cpu"],
-            extra={"wrk": result, "pg_cpu": 100 * (pg_cpu() - pg0) / max(seconds, 1e-9)},
+            extra={"wrk": result},
         )
         if service and result["good"]:
             row.extra["server_cpu_ms_per_request"] = cpu / 100 * seconds / result["good"] * 1000
@@ -724,7 +710,6 @@ class Bench:
             "SELECT count(*) FROM tasks WHERE project_id = $1 AND status = 'ASSIGNED'", self.projects["b1"]
         )
         service.extra["assigned_in_db"] = assigned[0][0]
-        pg0, t0 = pg_cpu(), time.monotonic()
         raw_report = self.run_client(
             "claim",
             "--dsn",
@@ -744,7 +729,7 @@ class Bench:
             p50_ms=raw_report["p50_ms"],
             p99_ms=raw_report["p99_ms"],
             gen_cpu=raw_report["gen_cpu"],
-            extra={"client": raw_report, "pg_cpu": 100 * (pg_cpu() - pg0) / (time.monotonic() - t0)},
+            extra={"client": raw_report},
             notes="ran out of ready tasks" if raw_report.get("ran_out") else "",
         )
         service.unit = "claims/s"
