@@ -15,6 +15,7 @@ from sqlalchemy.pool import QueuePool
 from .db.agents import PresenceChange
 from .db.events import stamp_events
 from .db.health import service_counts
+from .db.lifecycle import Policy
 from .db.session import create_engine, create_sessionmaker
 from .db.stats import DashboardCounts, dashboard_counts
 from .events.bus import EventBus
@@ -43,10 +44,18 @@ class Services:
     snapshots: TaskSnapshots = field(init=False)
     shared_results: SingleFlight[Any] = field(init=False)
     is_sqlite: bool = field(init=False)
+    # The lease and retry rules of the lifecycle, from settings (built once, used by every
+    # mutation and the reaper).
+    policy: Policy = field(init=False)
     rate_limiter: RateLimiter | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.policy = Policy(
+            lease_seconds=self.settings.lease,
+            backoff_seconds=self.settings.retry_backoff_seconds,
+            backoff_max_seconds=self.settings.retry_backoff_max_seconds,
+        )
         limit = self.settings.rate_limit
         self.rate_limiter = (
             RateLimiter(limit, self.settings.rate_limit_storage_url, namespace=self._database_key()) if limit else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..db.models import Task
+from ..db.tasks import get_task
 from .single_flight import SingleFlight
 
 
@@ -27,6 +28,6 @@ class TaskSnapshots:
 
         async def load() -> Task | None:
             async with self._sessionmaker() as session:
-                return await session.get(Task, task_id)
+                return await get_task(session, task_id)
 
         return await self._rows.get(seq, load)

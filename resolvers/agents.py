@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import strawberry
-from sqlalchemy import delete
 
 from ..db import agents as db
 from ..db.lifecycle import release_all
-from ..db.models import Agent as AgentRow
 from ..errors import NotFound
 from ..schema.agents import Agent, AgentRegistration, RegisterAgentInput
 from ..schema.enums import AgentStatus
@@ -66,7 +64,7 @@ class AgentMutation:
         name = info.context.caller.acting_agent(agent)
         async with info.context.services.transaction() as session:
             row = await db.require_agent(session, name, lock=True)
-            await db.touch(session, row, lease_seconds=info.context.settings.lease)
+            await db.touch(session, row, lease_seconds=info.context.services.policy.lease_seconds)
         return Agent.from_row(row)
 
     @strawberry.mutation(description="Its active tasks return to PENDING; hard: true erases the agent.")
@@ -84,11 +82,9 @@ class AgentMutation:
             assert row is not None
             await release_all(session, row, reason=f"agent '{name}' was unregistered", actor=actor)
             if hard:
-                await session.execute(delete(AgentRow).where(AgentRow.id == row.id))
+                await db.hard_delete_agent(session, row.id)
             else:
-                row.deleted_at = row.deleted_at or db.utcnow()
-                row.token_hash = None
-                await db.refresh_status(session, row, offline=True)
+                await db.soft_delete_agent(session, row)
         return True
 
     @strawberry.mutation
@@ -100,8 +96,5 @@ class AgentMutation:
                 raise NotFound(f"agent '{name}' does not exist")
             row = await db.lock_agent_by_id(session, row.id)
             assert row is not None
-            if row.deleted_at is not None:
-                row.deleted_at = None
-                row.last_heartbeat_at = db.utcnow()
-                await db.refresh_status(session, row)
+            await db.restore_agent(session, row)
         return Agent.from_row(row)
