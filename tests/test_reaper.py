@@ -256,6 +256,60 @@ class TestTimeouts:
         assert result == TickResult()
         assert (await task_state(gql, task_id))["status"] == "ASSIGNED"
 
+    async def test_a_timeout_raised_between_the_scan_and_the_lock_keeps_the_task(self, long_lived, schema):
+        """As for leases: the locked task is checked again, here against its timeoutMinutes as
+        they are when it is locked."""
+        services, gql = long_lived
+        task_id = await claimed_task(gql, start=True, timeoutMinutes=30)
+        later = utcnow() + timedelta(minutes=31)
+        reaping = with_settings(services, **LONG_LIVED)
+        locking = reaping.transaction
+        raised = []
+
+        @contextlib.asynccontextmanager
+        async def raise_timeout_then_lock() -> AsyncIterator[Any]:
+            if not raised:
+                raised.append(await gql.execute(UPDATE_TIMEOUT, id=task_id, minutes=60))
+            async with locking() as session:
+                yield session
+
+        reaping.transaction = raise_timeout_then_lock  # type: ignore[method-assign]
+        timed_out = await Reaper(reaping).time_out_tasks(later)
+
+        assert raised, "the scan did not find the task due"
+        assert timed_out == 0
+        assert (await task_state(gql, task_id))["status"] == "RUNNING"
+        assert await reaper_events(gql, task_id) == []
+
+
+UPDATE_TIMEOUT = "mutation($id: ID!, $minutes: Int) { updateTask(id: $id, input: {timeoutMinutes: $minutes}) { id } }"
+
+
+class TestOneTick:
+    async def test_one_tick_expires_a_lease_and_times_out_another_task(self, services, schema):
+        """Lease expiry and timeouts share one sweep (reaper.py's Overdue): each kind still
+        finds its own tasks and records its own event."""
+        short_leases = Client(schema, with_settings(services, lease_seconds=60, **LONG_LIVED))
+        gql = Client(schema, with_settings(services, **LONG_LIVED))
+        pid = await f.project(gql)
+        leased = (await f.task(gql, project_id=pid, title="leased"))["id"]
+        running = (await f.task(gql, project_id=pid, title="running", timeoutMinutes=30))["id"]
+        await f.agent(gql, name="quiet")
+        await f.agent(gql, name="busy")
+        await f.claim(short_leases, task_id=leased, agent="quiet")  # a 60 s lease, never renewed
+        await f.claim(gql, task_id=running, agent="busy")  # a day's lease
+        await f.transition(gql, "startTask", id=running, agent="busy")
+
+        result = await Reaper(with_settings(services, **LONG_LIVED)).tick(now=utcnow() + timedelta(minutes=31))
+
+        assert result == TickResult(expired=1, timed_out=1)
+        assert await reaper_events(gql, leased) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
+        assert await reaper_events(gql, running) == [("TIMED_OUT", "RUNNING", "PENDING")]
+        assert await agent_stats(gql, "quiet") == {"totalTasks": 1, "completedTasks": 0, "failedTasks": 0}
+        assert await agent_stats(gql, "busy") == {"totalTasks": 1, "completedTasks": 0, "failedTasks": 1}
+        assert (await task_state(gql, leased))["availableAt"] is None  # a lost lease: no backoff
+        assert (await task_state(gql, running))["availableAt"] is not None  # a timeout backs off
+
 
 async def task_rows(services: Services) -> int:
     async with services.read() as session:
