@@ -17,7 +17,8 @@ from .agents import refresh_status, require_agent
 from .base import insert_ignore, utcnow
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
-from .models import Agent, SkillSet, Task, TaskDependency, TaskTypeDefault
+from .models import Agent, Project, SkillSet, Task, TaskDependency, TaskTypeDefault
+from .projects import require_project
 
 
 @dataclass
@@ -206,7 +207,9 @@ async def insert_tasks(
 
 
 @dataclass
-class TaskQuery:
+class TaskCriteria:
+    """Which tasks a list reads (the GraphQL TaskFilter, resolved to ids and values)."""
+
     project_id: int | None = None
     statuses: list[str] | None = None
     assignee_id: int | None = None
@@ -217,12 +220,9 @@ class TaskQuery:
     include_deleted: bool = False
     skill_set_ids: list[int] | None = None
     active_projects_only: bool = False
-    extra: list[Any] = field(default_factory=list)
 
 
-def _filtered(q: TaskQuery) -> Select[tuple[Task]]:
-    from .models import Project
-
+def _filtered(q: TaskCriteria) -> Select[tuple[Task]]:
     query = select(Task)
     if q.project_id is not None:
         query = query.where(Task.project_id == q.project_id)
@@ -252,7 +252,7 @@ def _filtered(q: TaskQuery) -> Select[tuple[Task]]:
         query = query.where(
             Task.project_id.in_(select(Project.id).where(Project.status == "ACTIVE", Project.deleted_at.is_(None)))
         )
-    return query.where(*q.extra)
+    return query
 
 
 class _JsonArrayHas(FunctionElement[bool]):
@@ -304,7 +304,7 @@ def ready_conditions(now: datetime) -> list[Any]:
 
 
 async def list_tasks(
-    session: AsyncSession, q: TaskQuery, *, first: int, after_id: int | None
+    session: AsyncSession, q: TaskCriteria, *, first: int, after_id: int | None
 ) -> tuple[list[Task], bool, int]:
     """A page of tasks in id order after `after_id`, whether more follow, and the total."""
     query = _filtered(q)
@@ -319,7 +319,7 @@ def claim_order() -> list[Any]:
     return [Task.priority.desc(), Task.due_at.asc().nulls_last(), Task.created_at, Task.id]
 
 
-async def list_ready(session: AsyncSession, q: TaskQuery, *, first: int) -> list[Task]:
+async def list_ready(session: AsyncSession, q: TaskCriteria, *, first: int) -> list[Task]:
     q.ready_only = True
     return list((await session.scalars(_filtered(q).order_by(*claim_order()).limit(first))).all())
 
@@ -374,8 +374,6 @@ async def restore_task(session: AsyncSession, task_id: int, *, actor: str | None
     if task is None:
         raise NotFound(f"task {task_id} does not exist")
     if task.deleted_at is not None:
-        from .projects import require_project
-
         await require_project(session, task.project_id)
         task.deleted_at = None
         task.updated_at = utcnow()

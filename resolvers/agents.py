@@ -7,9 +7,9 @@ import strawberry
 from ..db import agents as db
 from ..db.lifecycle import release_all
 from ..errors import NotFound
+from ..schema import validate
 from ..schema.agents import Agent, AgentRegistration, RegisterAgentInput
 from ..schema.enums import AgentStatus
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]

@@ -16,8 +16,8 @@ from ..db.models import Agent
 from ..db.models import Task as TaskRow
 from ..db.tasks import get_task
 from ..errors import BadInput
+from ..schema import validate
 from ..schema.tasks import Task
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]

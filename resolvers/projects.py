@@ -6,9 +6,9 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db import projects as db
+from ..schema import validate
 from ..schema.enums import ProjectStatus
 from ..schema.projects import CreateProjectInput, Project, UpdateProjectInput
-from . import validate
 from .auth import Caller
 from .context import Context
 

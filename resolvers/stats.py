@@ -8,10 +8,10 @@ import strawberry
 
 from ..db import events as db_events
 from ..db import stats as db_stats
+from ..schema import validate
 from ..schema.events import TaskEvent
 from ..schema.stats import DashboardStats
 from ..services import Services
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]

@@ -18,13 +18,13 @@ from ..db import agents as db_agents
 from ..db.base import utcnow
 from ..errors import DomainError, ErrorCode, NotFound
 from ..events.replay import EventFilter, SubscriberTooSlow, follow_events, until_answered
+from ..schema import validate
 from ..schema.agents import Agent, AgentPresenceEvent
 from ..schema.enums import AgentStatus, TaskStatus
 from ..schema.events import TaskEvent
-from ..schema.shared_results import share
+from ..schema.sharing import share
 from ..schema.stats import DashboardStats
 from ..schema.tasks import Task
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]

@@ -12,51 +12,12 @@ from ..db import dependencies as db_deps
 from ..db import tasks as db
 from ..db.lifecycle import matching_skill_sets
 from ..errors import BadInput, CycleDetected
-from ..schema.tasks import CreateTaskInput, PageInfo, Task, TaskConnection, TaskFilter, UpdateTaskInput
-from . import validate
+from ..schema import validate
+from ..schema.tasks import CreateTaskInput, Task, TaskConnection, TaskFilter, UpdateTaskInput, task_connection
 from .auth import Caller
 from .context import Context
 
 Info = strawberry.Info[Context, None]
-
-
-async def _task_query(info: Info, f: TaskFilter | None, *, project_id: int | None = None) -> db.TaskQuery | None:
-    """The filter as a TaskQuery, or None when it cannot match anything (unknown agent)."""
-    f = f or TaskFilter()
-    q = db.TaskQuery(
-        project_id=project_id if project_id is not None else validate.optional_id(f.project_id, "filter.projectId"),
-        statuses=[s.value for s in f.status] if f.status else None,
-        task_type=f.task_type,
-        tags=validate.labels(f.tags, "filter.tags"),
-        search=validate.text(f.search, "filter.search", limit=200),
-        ready_only=bool(f.ready_only),
-        include_deleted=bool(f.include_deleted),
-    )
-    if f.assignee is not None:
-        async with info.context.services.read() as session:
-            agent = await db_agents.get_agent(session, f.assignee)
-        if agent is None:
-            return None
-        q.assignee_id = agent.id
-    return q
-
-
-async def task_connection(
-    info: Info, f: TaskFilter | None, first: int | None, after: str | None, *, project_id: int | None = None
-) -> TaskConnection:
-    first = info.context.page_size(first)
-    after_id = validate.decode_cursor(after)
-    q = await _task_query(info, f, project_id=project_id)
-    if q is None:
-        return TaskConnection(nodes=[], page_info=PageInfo(has_next_page=False, end_cursor=None), total_count=0)
-    async with info.context.services.read() as session:
-        rows, more, total = await db.list_tasks(session, q, first=first, after_id=after_id)
-    end = validate.encode_cursor(rows[-1].id) if rows else None
-    return TaskConnection(
-        nodes=[Task.from_row(r) for r in rows],
-        page_info=PageInfo(has_next_page=more, end_cursor=end),
-        total_count=total,
-    )
 
 
 @strawberry.type
@@ -77,7 +38,7 @@ class TaskQuery:
         self, info: Info, agent: str | None = None, project_id: strawberry.ID | None = None, first: int | None = 50
     ) -> list[Task]:
         first = info.context.page_size(first)
-        q = db.TaskQuery(project_id=validate.optional_id(project_id, "projectId"), active_projects_only=True)
+        q = db.TaskCriteria(project_id=validate.optional_id(project_id, "projectId"), active_projects_only=True)
         async with info.context.services.read() as session:
             if agent is not None:
                 row = await db_agents.require_agent(session, agent)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from task_service.api.schema import Schema
 from task_service.db.base import utcnow
 from task_service.db.models import IdempotencyKey, Task
 from task_service.reaper import Reaper, TickResult
-from task_service.schema.root import Schema
 from task_service.services import Services
 from tests import factories as f
 from tests.conftest import Client, make_settings, with_settings

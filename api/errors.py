@@ -16,7 +16,7 @@ log = logging.getLogger("task_service.errors")
 
 # graphql-core's own refusals of documents too big or too deep to handle: more than
 # MAX_TOKENS (MaxTokensLimiter), nesting beyond its parser's reach, and its introspection
-# depth rule. Our own limits (schema/limits.py) say QUERY_TOO_COMPLEX in their extensions.
+# depth rule. Our own limits (api/limits.py) say QUERY_TOO_COMPLEX in their extensions.
 _TOO_COMPLEX_MARKERS = (
     "Document contains more than",
     "Document is nested too deeply",

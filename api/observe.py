@@ -1,7 +1,7 @@
 """Every GraphQL operation observed once: a request id, one log line and the request metrics.
 
 The extension runs outermost (first in the schema's list), so the errors it sees already
-carry their contract code (schema/errors.py). Subscriptions are logged when they end; their
+carry their contract code (api/errors.py). Subscriptions are logged when they end; their
 live numbers are the subscription gauges and counters (resolvers/subscriptions.py).
 """
 

@@ -25,9 +25,9 @@ from ..resolvers.projects import ProjectMutation, ProjectQuery
 from ..resolvers.stats import StatsQuery
 from ..resolvers.subscriptions import Subscription
 from ..resolvers.tasks import TaskMutation, TaskQuery
+from ..schema.agents import AgentPresenceEvent
+from ..schema.enums import ErrorCode
 from ..settings import Settings
-from .agents import AgentPresenceEvent
-from .enums import ErrorCode
 from .errors import ErrorMapper, error_code
 from .guard import MutationRateLimit
 from .limits import Limits, complexity_rule, directives_rule
@@ -63,7 +63,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     settings = settings or load_settings()
     # The limits are validation rules built once: with fixed rule classes, a document seen
     # before is neither parsed nor validated again (the caches are keyed by the query text
-    # and by the parsed document). schema/limits.py says what each limit counts.
+    # and by the parsed document). api/limits.py says what each limit counts.
     limits = Limits(
         max_depth=settings.max_query_depth,
         max_aliases=settings.max_aliases,

@@ -3,7 +3,7 @@
 graphql-core executes the subscription's selection set once per event for each subscriber:
 with 500 dashboards on taskEvents that is 500 identical executions per event, and they, not
 the database, bound fan-out. A subscription resolver marks a payload as shareable with
-`share(payload, key)` (key: the event, e.g. its cursor). This executor then keys the
+`share(payload, key)` (schema/sharing.py) (key: the event, e.g. its cursor). This executor then keys the
 per-event result by (event key, the selection as printed, the values of the variables used
 inside it), executes it for the first subscriber and hands the same ExecutionResult to the
 others (events/single_flight.py; the cache lives in Services, one per database).
@@ -22,13 +22,7 @@ from typing import Any
 from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast, visit
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-SHARE_ATTRIBUTE = "_shared_result_key"
-
-
-def share(payload: Any, key: Hashable) -> Any:
-    """Mark a subscription payload as rendered identically for every subscriber."""
-    setattr(payload, SHARE_ATTRIBUTE, key)
-    return payload
+from ..schema.sharing import SHARE_ATTRIBUTE
 
 
 class _VariableNames(Visitor):
@@ -93,4 +87,4 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return self.context_value.shared_results.get(self._share_key, run, keep=lambda r: not r.errors)
 
 
-__all__ = ["SharingExecutionContext", "share"]
+__all__ = ["SharingExecutionContext"]

@@ -44,10 +44,10 @@ from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
 from ..errors import ErrorCode
+from ..resolvers.auth import authenticate, header_credentials
+from ..resolvers.context import Context
 from ..services import Services
 from ..settings import Settings
-from .auth import authenticate, header_credentials
-from .context import Context
 
 # The static dashboard and GraphiQL's page, with their vendored libraries (web/vendor/).
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
