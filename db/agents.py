@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -14,17 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import NotFound
 from .base import utcnow
+from .effects import PresenceChange, effects_of
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, AgentStatus
 from .models import Agent, Task
-
-
-@dataclass(frozen=True)
-class PresenceChange:
-    agent_id: int
-    name: str
-    previous: str | None
-    status: str
-    at: datetime
 
 
 def hash_token(token: str) -> str:
@@ -36,12 +27,16 @@ def new_token() -> str:
 
 
 def note_presence(session: AsyncSession, change: PresenceChange) -> None:
-    """Remember a status change; it is published after the transaction commits."""
-    session.info.setdefault("presence", []).append(change)
+    """Note a status change in the transaction's Effects; it is published after commit."""
+    effects_of(session).presence.append(change)
 
 
 async def get_agent(session: AsyncSession, name: str) -> Agent | None:
     return await session.scalar(select(Agent).where(Agent.name == name))
+
+
+async def get_agent_by_id(session: AsyncSession, agent_id: int) -> Agent | None:
+    return await session.get(Agent, agent_id)
 
 
 async def agent_by_token(session: AsyncSession, token: str) -> Agent | None:

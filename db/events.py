@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .effects import effects_of
 from .enums import TaskEventType
 from .models import Task, TaskEvent
 
@@ -40,7 +41,8 @@ def record_event(
     message: str | None = None,
     data: Any = None,
 ) -> TaskEvent:
-    """Add one log row for a change of `task`, in the caller's transaction."""
+    """Add one log row for a change of `task`, in the caller's transaction, and note it in
+    the transaction's Effects (published after commit)."""
     event = TaskEvent(
         task_id=task.id,
         project_id=task.project_id,
@@ -53,7 +55,7 @@ def record_event(
         data=data,
     )
     session.add(event)
-    session.info["events_written"] = True
+    effects_of(session).events.append(event)
     return event
 
 
