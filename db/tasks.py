@@ -15,7 +15,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from ..errors import BadInput, NotFound
 from .agents import refresh_status, require_agent
 from .base import insert_ignore, utcnow
-from .enums import HELD_STATUSES, TaskEventType, TaskStatus
+from .enums import ACTIVE_STATUSES, HELD_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
 from .models import Agent, Project, SkillSet, Task, TaskDependency, TaskTypeDefault
 from .projects import require_project
@@ -101,8 +101,17 @@ async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, T
     return {row.id: row for row in rows}
 
 
-async def existing_by_idempotency_key(session: AsyncSession, project_id: int, key: str) -> Task | None:
-    return await session.scalar(select(Task).where(Task.project_id == project_id, Task.idempotency_key == key))
+async def lock_task(session: AsyncSession, task_id: int) -> Task | None:
+    """The task locked FOR UPDATE (deleted or not), or None when it no longer exists."""
+    return await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+
+
+async def by_idempotency_keys(session: AsyncSession, project_id: int, keys: Sequence[str]) -> dict[str, Task]:
+    """The project's tasks created with any of `keys`, by key, in one statement."""
+    if not keys:
+        return {}
+    rows = await session.scalars(select(Task).where(Task.project_id == project_id, Task.idempotency_key.in_(set(keys))))
+    return {row.idempotency_key: row for row in rows if row.idempotency_key is not None}
 
 
 async def insert_tasks(
@@ -393,6 +402,45 @@ async def hard_delete_task(session: AsyncSession, task_id: int, *, actor: str | 
         if agent is not None:
             await refresh_status(session, agent)
     return dependents
+
+
+async def leases_due(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[tuple[int, int | None]]:
+    """(task id, assignee id) of active tasks whose lease ran out before `now`, unlocked:
+    the caller locks each and checks again (lease_overdue)."""
+    rows = await session.execute(
+        select(Task.id, Task.assignee_id)
+        .where(Task.status.in_(ACTIVE_STATUSES), Task.lease_expires_at < now)
+        .limit(limit)
+    )
+    return [(task_id, agent_id) for task_id, agent_id in rows]
+
+
+def lease_overdue(task: Task, now: datetime) -> bool:
+    """Whether the (locked) task's lease has run out at `now`."""
+    return task.status in ACTIVE_STATUSES and task.lease_expires_at is not None and task.lease_expires_at < now
+
+
+def run_deadline(task: Task, default_minutes: int) -> datetime | None:
+    """When a RUNNING task times out: started_at + timeoutMinutes (or the default)."""
+    if task.status != TaskStatus.RUNNING or task.started_at is None or task.deleted_at is not None:
+        return None
+    return task.started_at + timedelta(minutes=task.timeout_minutes or default_minutes)
+
+
+async def timeouts_due(session: AsyncSession, *, now: datetime, default_minutes: int) -> list[tuple[int, int | None]]:
+    """(task id, assignee id) of live RUNNING tasks that ran longer than their
+    timeoutMinutes (or `default_minutes`) at `now`, unlocked: the caller locks each and
+    checks again (run_deadline)."""
+    rows = await session.execute(
+        select(Task.id, Task.assignee_id, Task.started_at, Task.timeout_minutes).where(
+            Task.status == TaskStatus.RUNNING.value, Task.deleted_at.is_(None)
+        )
+    )
+    return [
+        (task_id, agent_id)
+        for task_id, agent_id, started, minutes in rows
+        if started is not None and started + timedelta(minutes=minutes or default_minutes) < now
+    ]
 
 
 async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> int:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from task_service.reaper import LEADER_LOCK_KEY
+from task_service.db.leader import LEADER_LOCK_KEY
 from tests.conftest import PG_ADMIN_DSN
 from tests.e2e.conftest import GraphQLClient, Server, fresh_pg_database, graphql_client, running_server
 
