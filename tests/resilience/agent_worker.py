@@ -14,7 +14,8 @@ Records: {"op": "ready"}, {"op": "claimed", "task", "attempt"}, {"op": "working"
 "attempt", "until"} (started; working on it without calls until `until`), {"op":
 "completed", "task", "attempt"}, {"op": "lost", "task", "attempt", "code"} (the task was
 taken away, e.g. by the reaper), {"op": "error", "call", "code", "message", "retryable",
-"seconds"} (a failed call), {"op": "slow", "call", "seconds"} (a call that took over 2 s).
+"seconds"} (a failed call), {"op": "adopted", "task", "attempt"} (a claim whose answer was
+lost had been applied; the agent works the task), {"op": "slow", "call", "seconds"} (a call that took over 2 s).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ START = "mutation($id: ID!, $agent: String!, $a: Int) { startTask(id: $id, agent
 SUBMIT = """mutation($id: ID!, $agent: String!, $a: Int, $key: String) {
   submitTask(id: $id, agent: $agent, attempt: $a, summary: "done", idempotencyKey: $key) { status attempt }
 }"""
+MINE = "query($agent: String!) { agent(name: $agent) { currentTasks { id attempt status } } }"
 # The task was taken away from the agent (reaped, re-claimed): give it up, claim another.
 GONE = {"STALE_ATTEMPT", "INVALID_TRANSITION", "FORBIDDEN", "NOT_FOUND"}
 
@@ -109,7 +111,23 @@ class Agent:
             await self.persist("heartbeat", HEARTBEAT, agent=self.name)
             self.record("ready")
             stop_file = Path(self.config["stop_file"])
+            known: set[tuple[str, int]] = set()
+            maybe_lost = False
             while time.monotonic() < self.deadline:
+                if maybe_lost:
+                    # A claim whose answer was lost may have been applied: adopt such a task
+                    # (ASSIGNED to us, unknown here) rather than leave it held forever.
+                    try:
+                        mine = (await self.call("mine", MINE, agent=self.name))["agent"]["currentTasks"]
+                    except CallFailed:
+                        await asyncio.sleep(0.1)
+                        continue
+                    maybe_lost = False
+                    for task in mine:
+                        if task["status"] == "ASSIGNED" and (task["id"], task["attempt"]) not in known:
+                            self.record("adopted", task=task["id"], attempt=task["attempt"])
+                            known.add((task["id"], task["attempt"]))
+                            await self.work(task["id"], task["attempt"])
                 try:
                     claimed = (await self.call("claim", CLAIM_NEXT, agent=self.name, p=self.config["project"]))[
                         "claimNextTask"
@@ -117,6 +135,7 @@ class Agent:
                 except CallFailed as failure:
                     if failure.code == "TRANSPORT":
                         self.record("error", call="claim", code="TRANSPORT", message=failure.message, retryable=True)
+                    maybe_lost = maybe_lost or failure.code == "TRANSPORT" or failure.retryable
                     await asyncio.sleep(0.1)
                     continue
                 if claimed is None:
@@ -124,6 +143,7 @@ class Agent:
                         return
                     await asyncio.sleep(0.1)
                     continue
+                known.add((claimed["id"], claimed["attempt"]))
                 await self.work(claimed["id"], claimed["attempt"])
             self.record("deadline")
 
