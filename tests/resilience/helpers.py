@@ -26,7 +26,7 @@ from tests.e2e.test_concurrency import CREATE_PROJECT, CREATE_TASKS, REGISTER
 WORKER = Path(__file__).with_name("agent_worker.py")
 STOP_TIMEOUT = 30.0
 # Every wait of these tests is bounded; this one only stops a broken run from hanging CI.
-RUN_DEADLINE = 240.0
+RUN_DEADLINE = 360.0
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -148,6 +148,14 @@ class Fleet:
                 pytrace=False,
             )
 
+    def check_no_double_claims(self) -> None:
+        """Fail at once when two agents were both told they claimed the same task attempt."""
+        holders: dict[tuple[str, int], set[str]] = {}
+        for r in self.records("claimed"):
+            holders.setdefault((r["task"], r["attempt"]), set()).add(r["agent"])
+        doubles = {key: agents for key, agents in holders.items() if len(agents) > 1}
+        assert not doubles, f"claimed by more than one agent (task, attempt): {dict(list(doubles.items())[:5])}"
+
     def completed(self) -> list[str]:
         return [r["task"] for r in self.records("completed")]
 
@@ -157,6 +165,7 @@ class Fleet:
         async def done() -> bool:
             nonlocal counts
             self.check()
+            self.check_no_double_claims()
             counts = await project_counts(database_url, project)
             return counts.get("COMPLETED", 0) >= total
 

@@ -33,13 +33,13 @@ from tests.resilience.helpers import (
 pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(300)]
 
 PROCESSES = 10
-TASKS = 150
+TASKS = 100
 KILLED = PROCESSES // 5  # 20 %
 # Long enough that a live agent is never taken for dead while the machine is busy (a call
 # can take seconds when five test suites share two cores); short enough to keep the run brief.
 HEARTBEAT_TIMEOUT = 6.0
 REAPER_INTERVAL = 1.0
-WORK_SECONDS = 1.5
+WORK_SECONDS = 1.0
 BOUND = HEARTBEAT_TIMEOUT + REAPER_INTERVAL
 # A reaper tick itself takes time, and so does the sequencer's stamp of its events.
 MARGIN = 4.0

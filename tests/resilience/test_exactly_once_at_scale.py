@@ -24,7 +24,7 @@ from tests.resilience.helpers import (
     register_agents,
 )
 
-pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(600)]
 
 AGENTS = 50
 TASKS = int(os.environ.get("RESILIENCE_R1_TASKS", "5000"))

@@ -32,7 +32,7 @@ from tests.resilience.helpers import (
 pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(300)]
 
 PROCESSES = 6
-TASKS = 200
+TASKS = 120
 SILENT = 3  # agents that claim a task and go quiet just before the leader dies
 HEARTBEAT_TIMEOUT = 6.0
 REAPER_INTERVAL = 2.0
