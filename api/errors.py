@@ -11,6 +11,7 @@ from graphql.validation.validate import ValidationAbortedError
 from strawberry.extensions import MaskErrors
 from strawberry.schema.exceptions import InvalidOperationTypeError
 
+from ..db.health import unreachable
 from ..errors import DomainError, ErrorCode
 
 log = logging.getLogger("task_service.errors")
@@ -24,6 +25,13 @@ _TOO_COMPLEX_MARKERS = (
     "Maximum introspection depth exceeded",
 )
 _SUGGESTION = re.compile(r" Did you mean .*\?$")
+# A failure the caller should simply retry says so in `extensions.retryable` (the contract's
+# code stays INTERNAL: the contract has no code of its own for it).
+DATABASE_UNAVAILABLE = (
+    "the database could not be reached (connection refused or lost); try again shortly. A mutation in flight "
+    "may or may not have been applied: repeat it with the same idempotencyKey where it takes one"
+)
+STATEMENT_TIMEOUT = "the database did not answer within STATEMENT_TIMEOUT_SECONDS; nothing was changed, try again"
 
 
 def error_code(error: GraphQLError) -> ErrorCode:
@@ -81,12 +89,12 @@ class ErrorMapper(MaskErrors):
             code = error_code(error)
             if code is ErrorCode.INTERNAL and _is_statement_timeout(error.original_error):
                 log.warning("a statement ran past STATEMENT_TIMEOUT_SECONDS in %s", _where(error))
-                error = GraphQLError(
-                    "the database did not answer within STATEMENT_TIMEOUT_SECONDS; nothing was changed, try again",
-                    nodes=error.nodes,
-                    path=error.path,
-                )
-                extensions: dict[str, Any] = {}
+                error = GraphQLError(STATEMENT_TIMEOUT, nodes=error.nodes, path=error.path)
+                extensions: dict[str, Any] = {"retryable": True}
+            elif code is ErrorCode.INTERNAL and _is_unavailable(error.original_error):
+                log.warning("the database could not be reached in %s: %r", _where(error), error.original_error)
+                error = GraphQLError(DATABASE_UNAVAILABLE, nodes=error.nodes, path=error.path)
+                extensions = {"retryable": True}
             elif code is ErrorCode.INTERNAL:
                 log.error("unexpected error in %s", _where(error), exc_info=error.original_error or error)
                 error = self.anonymise_error(error)
@@ -131,6 +139,15 @@ def _is_statement_timeout(original: BaseException | None) -> bool:
     """PostgreSQL cancelled a statement at statement_timeout (SQLSTATE 57014)."""
     while original is not None:
         if getattr(original, "sqlstate", None) == "57014":
+            return True
+        original = getattr(original, "orig", None) or original.__cause__
+    return False
+
+
+def _is_unavailable(original: BaseException | None) -> bool:
+    """The database was unreachable: refused, closed or shut down under the operation."""
+    while original is not None:
+        if unreachable(original):
             return True
         original = getattr(original, "orig", None) or original.__cause__
     return False
