@@ -142,7 +142,8 @@ async def insert_tasks(
     rows: list[Task] = []
     for item, skill_id in zip(items, skill_ids, strict=True):
         d = defaults.get(item.task_type) or TaskDefaults(default_timeout_minutes, default_max_attempts, 5)
-        unmet = sum(1 for i in item.depends_on if existing[i].status != TaskStatus.COMPLETED)
+        # One link per distinct dependency (below), so count each once: "dependsOn: [4, 4]" waits for one.
+        unmet = sum(1 for i in set(item.depends_on) if existing[i].status != TaskStatus.COMPLETED)
         row = Task(
             project_id=project_id,
             parent_id=item.parent_id,
