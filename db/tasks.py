@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -12,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from ..errors import BadInput, NotFound
-from .agents import refresh_status, require_agent
+from ..errors import BadInput, LimitReached, NotFound
+from .agents import active_task_count, refresh_status, require_agent
 from .base import insert_ignore, utcnow
 from .enums import HELD_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
@@ -135,8 +136,16 @@ async def insert_tasks(
                 f"must be in the same project ({project_id})"
             )
     assignees: dict[str, Agent] = {}
-    for name in {item.assignee for item in items if item.assignee}:
-        assignees[name] = await require_agent(session, name, lock=True)
+    wanted = Counter(item.assignee for item in items if item.assignee)
+    for name in sorted(wanted):
+        agent = assignees[name] = await require_agent(session, name, lock=True)
+        # Pre-assigning is a claim made for the agent: it respects maxConcurrentTasks too.
+        held = await active_task_count(session, agent.id)
+        if held + wanted[name] > agent.max_concurrent_tasks:
+            raise LimitReached(
+                f"agent '{name}' holds {held} active tasks (maxConcurrentTasks {agent.max_concurrent_tasks}) and "
+                f"cannot be assigned {wanted[name]} more; assign fewer, or leave them for claimNextTask"
+            )
     skill_ids = await skill_set_ids(session, [item.required_skills for item in items])
 
     rows: list[Task] = []
