@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import agents as db_agents
 from .db.base import utcnow
+from .db.dependencies import recount_and_unblock
 from .db.enums import ACTIVE_STATUSES, TaskEventType, TaskStatus
 from .db.health import problem
 from .db.idempotency import purge_keys
@@ -240,7 +241,8 @@ class Reaper:
         """Erase rows soft-deleted before the retention window, and old idempotency keys."""
         keep = now - timedelta(days=self.settings.soft_delete_retention_days)
         async with self.services.transaction() as session:
-            purged = await purge_deleted(session, older_than=keep)
+            purged, dependents = await purge_deleted(session, older_than=keep)
+            await recount_and_unblock(session, dependents, actor="reaper")
             projects = await session.execute(delete(Project).where(Project.deleted_at < keep))
             agents = await session.execute(delete(Agent).where(Agent.deleted_at < keep))
             purged += (projects.rowcount or 0) + (agents.rowcount or 0)

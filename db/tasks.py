@@ -407,14 +407,22 @@ async def hard_delete_task(session: AsyncSession, task_id: int, *, actor: str | 
     return dependents
 
 
-async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> int:
-    """Hard-delete tasks soft-deleted before `older_than` (the reaper's retention purge)."""
+async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> tuple[int, list[int]]:
+    """Hard-delete tasks soft-deleted before `older_than` (the reaper's retention purge).
+    Returns how many, and the live tasks that depended on them (to re-count, as after a
+    hard delete)."""
     ids = list(await session.scalars(select(Task.id).where(Task.deleted_at < older_than).limit(1000)))
     if not ids:
-        return 0
+        return 0, []
+    dependents = await session.scalars(
+        select(TaskDependency.task_id)
+        .where(TaskDependency.depends_on_id.in_(ids), TaskDependency.task_id.not_in(ids))
+        .distinct()
+    )
+    survivors = sorted(dependents)
     await session.execute(
         delete(TaskDependency).where(or_(TaskDependency.task_id.in_(ids), TaskDependency.depends_on_id.in_(ids)))
     )
     await session.execute(update(Task).where(Task.parent_id.in_(ids)).values(parent_id=None))
     await session.execute(delete(Task).where(Task.id.in_(ids)))
-    return len(ids)
+    return len(ids), survivors
