@@ -9,6 +9,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import dialect_name
+from .effects import effects_of
 from .enums import TaskEventType
 from .models import Task, TaskEvent
 
@@ -41,7 +42,8 @@ def record_event(
     message: str | None = None,
     data: Any = None,
 ) -> TaskEvent:
-    """Add one log row for a change of `task`, in the caller's transaction."""
+    """Add one log row for a change of `task`, in the caller's transaction, and note it in
+    the transaction's Effects (published after commit)."""
     event = TaskEvent(
         task_id=task.id,
         project_id=task.project_id,
@@ -54,7 +56,7 @@ def record_event(
         data=data,
     )
     session.add(event)
-    session.info["events_written"] = True
+    effects_of(session).events.append(event)
     return event
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -12,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from ..errors import BadInput, NotFound
-from .agents import refresh_status, require_agent
+from ..errors import BadInput, LimitReached, NotFound
+from .agents import active_task_count, refresh_status, require_agent
 from .base import insert_ignore, utcnow
-from .enums import HELD_STATUSES, TaskEventType, TaskStatus
+from .enums import ACTIVE_STATUSES, HELD_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
 from .models import Agent, Project, SkillSet, Task, TaskDependency, TaskTypeDefault
 from .projects import require_project
@@ -101,8 +102,17 @@ async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, T
     return {row.id: row for row in rows}
 
 
-async def existing_by_idempotency_key(session: AsyncSession, project_id: int, key: str) -> Task | None:
-    return await session.scalar(select(Task).where(Task.project_id == project_id, Task.idempotency_key == key))
+async def lock_task(session: AsyncSession, task_id: int) -> Task | None:
+    """The task locked FOR UPDATE (deleted or not), or None when it no longer exists."""
+    return await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+
+
+async def by_idempotency_keys(session: AsyncSession, project_id: int, keys: Sequence[str]) -> dict[str, Task]:
+    """The project's tasks created with any of `keys`, by key, in one statement."""
+    if not keys:
+        return {}
+    rows = await session.scalars(select(Task).where(Task.project_id == project_id, Task.idempotency_key.in_(set(keys))))
+    return {row.idempotency_key: row for row in rows if row.idempotency_key is not None}
 
 
 async def insert_tasks(
@@ -136,14 +146,23 @@ async def insert_tasks(
                 f"must be in the same project ({project_id})"
             )
     assignees: dict[str, Agent] = {}
-    for name in {item.assignee for item in items if item.assignee}:
-        assignees[name] = await require_agent(session, name, lock=True)
+    wanted = Counter(item.assignee for item in items if item.assignee)
+    for name in sorted(wanted):
+        agent = assignees[name] = await require_agent(session, name, lock=True)
+        # Pre-assigning is a claim made for the agent: it respects maxConcurrentTasks too.
+        held = await active_task_count(session, agent.id)
+        if held + wanted[name] > agent.max_concurrent_tasks:
+            raise LimitReached(
+                f"agent '{name}' holds {held} active tasks (maxConcurrentTasks {agent.max_concurrent_tasks}) and "
+                f"cannot be assigned {wanted[name]} more; assign fewer, or leave them for claimNextTask"
+            )
     skill_ids = await skill_set_ids(session, [item.required_skills for item in items])
 
     rows: list[Task] = []
     for item, skill_id in zip(items, skill_ids, strict=True):
         d = defaults.get(item.task_type) or TaskDefaults(default_timeout_minutes, default_max_attempts, 5)
-        unmet = sum(1 for i in item.depends_on if existing[i].status != TaskStatus.COMPLETED)
+        # One link per distinct dependency (below), so count each once: "dependsOn: [4, 4]" waits for one.
+        unmet = sum(1 for i in set(item.depends_on) if existing[i].status != TaskStatus.COMPLETED)
         row = Task(
             project_id=project_id,
             parent_id=item.parent_id,
@@ -395,14 +414,61 @@ async def hard_delete_task(session: AsyncSession, task_id: int, *, actor: str | 
     return dependents
 
 
-async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> int:
-    """Hard-delete tasks soft-deleted before `older_than` (the reaper's retention purge)."""
+async def leases_due(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[tuple[int, int | None]]:
+    """(task id, assignee id) of active tasks whose lease ran out before `now`, unlocked:
+    the caller locks each and checks again (lease_overdue)."""
+    rows = await session.execute(
+        select(Task.id, Task.assignee_id)
+        .where(Task.status.in_(ACTIVE_STATUSES), Task.lease_expires_at < now)
+        .limit(limit)
+    )
+    return [(task_id, agent_id) for task_id, agent_id in rows]
+
+
+def lease_overdue(task: Task, now: datetime) -> bool:
+    """Whether the (locked) task's lease has run out at `now`."""
+    return task.status in ACTIVE_STATUSES and task.lease_expires_at is not None and task.lease_expires_at < now
+
+
+def run_deadline(task: Task, default_minutes: int) -> datetime | None:
+    """When a RUNNING task times out: started_at + timeoutMinutes (or the default)."""
+    if task.status != TaskStatus.RUNNING or task.started_at is None or task.deleted_at is not None:
+        return None
+    return task.started_at + timedelta(minutes=task.timeout_minutes or default_minutes)
+
+
+async def timeouts_due(session: AsyncSession, *, now: datetime, default_minutes: int) -> list[tuple[int, int | None]]:
+    """(task id, assignee id) of live RUNNING tasks that ran longer than their
+    timeoutMinutes (or `default_minutes`) at `now`, unlocked: the caller locks each and
+    checks again (run_deadline)."""
+    rows = await session.execute(
+        select(Task.id, Task.assignee_id, Task.started_at, Task.timeout_minutes).where(
+            Task.status == TaskStatus.RUNNING.value, Task.deleted_at.is_(None)
+        )
+    )
+    return [
+        (task_id, agent_id)
+        for task_id, agent_id, started, minutes in rows
+        if started is not None and started + timedelta(minutes=minutes or default_minutes) < now
+    ]
+
+
+async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> tuple[int, list[int]]:
+    """Hard-delete tasks soft-deleted before `older_than` (the reaper's retention purge).
+    Returns how many, and the live tasks that depended on them (to re-count, as after a
+    hard delete)."""
     ids = list(await session.scalars(select(Task.id).where(Task.deleted_at < older_than).limit(1000)))
     if not ids:
-        return 0
+        return 0, []
+    dependents = await session.scalars(
+        select(TaskDependency.task_id)
+        .where(TaskDependency.depends_on_id.in_(ids), TaskDependency.task_id.not_in(ids))
+        .distinct()
+    )
+    survivors = sorted(dependents)
     await session.execute(
         delete(TaskDependency).where(or_(TaskDependency.task_id.in_(ids), TaskDependency.depends_on_id.in_(ids)))
     )
     await session.execute(update(Task).where(Task.parent_id.in_(ids)).values(parent_id=None))
     await session.execute(delete(Task).where(Task.id.in_(ids)))
-    return len(ids)
+    return len(ids), survivors

@@ -131,12 +131,11 @@ async def follow_events(
                     cursor = row.seq or cursor
                 cursor = max(cursor, next_cursor)
             since = None
-            if listener.horizon <= cursor and not listener.resync:
+            if listener.horizon <= cursor and not listener.resync_pending:
                 # Woken by the bus; the timeout is a safety poll of the database's horizon.
                 if not await listener.wait(SAFETY_POLL_SECONDS):
                     since = time.monotonic() - SAFETY_POLL_SECONDS / 2
-            if listener.resync:
-                listener.resync = False
+            if listener.take_resync():
                 since = bus.resynced_at
 
 

@@ -89,8 +89,7 @@ class StatsHub(Generic[T]):
             while True:
                 if not await listener.wait(IDLE_POLL_SECONDS):
                     continue
-                listener.presence.clear()
-                listener.overflowed = False
+                listener.take_presence()  # a wake-up is all the producer needs of it
                 started = loop.time()
                 try:
                     value = await self._compute(key)

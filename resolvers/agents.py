@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import strawberry
-from sqlalchemy import delete
 
 from ..db import agents as db_agents
-from ..db.base import utcnow
 from ..db.lifecycle import release_all
-from ..db.models import Agent as AgentRow
 from ..errors import NotFound
 from ..schema import validate
 from ..schema.agents import Agent, AgentRegistration, RegisterAgentInput
@@ -67,7 +64,7 @@ class AgentMutation:
         name = info.context.caller.acting_agent(agent)
         async with info.context.services.transaction() as session:
             row = await db_agents.require_agent(session, name, lock=True)
-            await db_agents.touch(session, row, lease_seconds=info.context.settings.lease)
+            await db_agents.touch(session, row, lease_seconds=info.context.services.policy.lease_seconds)
         return Agent.from_row(row)
 
     @strawberry.mutation(description="Its active tasks return to PENDING; hard: true erases the agent.")
@@ -85,11 +82,9 @@ class AgentMutation:
             assert row is not None
             await release_all(session, row, reason=f"agent '{name}' was unregistered", actor=actor)
             if hard:
-                await session.execute(delete(AgentRow).where(AgentRow.id == row.id))
+                await db_agents.hard_delete_agent(session, row.id)
             else:
-                row.deleted_at = row.deleted_at or utcnow()
-                row.token_hash = None
-                await db_agents.refresh_status(session, row, offline=True)
+                await db_agents.soft_delete_agent(session, row)
         return True
 
     @strawberry.mutation
@@ -101,8 +96,5 @@ class AgentMutation:
                 raise NotFound(f"agent '{name}' does not exist")
             row = await db_agents.lock_agent_by_id(session, row.id)
             assert row is not None
-            if row.deleted_at is not None:
-                row.deleted_at = None
-                row.last_heartbeat_at = utcnow()
-                await db_agents.refresh_status(session, row)
+            await db_agents.restore_agent(session, row)
         return Agent.from_row(row)

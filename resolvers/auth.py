@@ -188,4 +188,4 @@ async def _heartbeat(services: Services, agent_id: int) -> None:
     async with services.transaction() as session:
         agent = await db_agents.lock_agent_by_id(session, agent_id)
         if agent is not None and agent.deleted_at is None:
-            await db_agents.touch(session, agent, lease_seconds=services.settings.lease)
+            await db_agents.touch(session, agent, lease_seconds=services.policy.lease_seconds)

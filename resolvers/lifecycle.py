@@ -29,12 +29,8 @@ Action = Callable[[AsyncSession, Agent | None], Awaitable[TaskRow]]
 
 
 def policy(info: Info) -> db_lifecycle.Policy:
-    s = info.context.settings
-    return db_lifecycle.Policy(
-        lease_seconds=s.lease,
-        backoff_seconds=s.retry_backoff_seconds,
-        backoff_max_seconds=s.retry_backoff_max_seconds,
-    )
+    """The lease and retry rules (built once from settings, on Services)."""
+    return info.context.services.policy
 
 
 @overload

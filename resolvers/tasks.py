@@ -121,7 +121,7 @@ def _policy_kwargs(info: Info) -> dict[str, Any]:
     return {
         "default_timeout_minutes": s.default_task_timeout_minutes,
         "default_max_attempts": s.default_max_attempts,
-        "lease_seconds": s.lease,
+        "lease_seconds": info.context.services.policy.lease_seconds,
     }
 
 
@@ -138,9 +138,9 @@ class TaskMutation:
 
             await require_project(session, project_id)
             if item.idempotency_key:
-                existing = await db_tasks.existing_by_idempotency_key(session, project_id, item.idempotency_key)
-                if existing is not None:
-                    return Task.from_row(existing)
+                existing = await db_tasks.by_idempotency_keys(session, project_id, [item.idempotency_key])
+                if existing:
+                    return Task.from_row(existing[item.idempotency_key])
             (row,) = await db_tasks.insert_tasks(
                 session, project_id, [item], actor=item.created_by, **_policy_kwargs(info)
             )
@@ -168,14 +168,13 @@ class TaskMutation:
             from ..db.projects import require_project
 
             await require_project(session, pid)
-            if keys:
-                found = [await db_tasks.existing_by_idempotency_key(session, pid, k) for k in keys]
-                if all(found):
-                    return [Task.from_row(r) for r in found if r is not None]
-                if any(found):
-                    raise BadInput(
-                        "some idempotencyKeys of this batch already exist and some do not; resend the original batch"
-                    )
+            found = await db_tasks.by_idempotency_keys(session, pid, keys)
+            if found and len(found) == len(keys):
+                return [Task.from_row(found[key]) for key in keys]
+            if found:
+                raise BadInput(
+                    "some idempotencyKeys of this batch already exist and some do not; resend the original batch"
+                )
             rows = await db_tasks.insert_tasks(session, pid, items, actor=None, **_policy_kwargs(info)) if items else []
         return [Task.from_row(r) for r in rows]
 
