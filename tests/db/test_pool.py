@@ -47,3 +47,21 @@ async def test_default_pool_keeps_a_burst_of_connections_open(pg_url: str) -> No
         assert second == first  # the same backends: nothing was closed and reopened
     finally:
         await engine.dispose()
+
+
+async def test_reads_run_outside_a_transaction_block(pg_url: str) -> None:
+    """Services.read() on PostgreSQL: each statement commits on its own (no BEGIN/ROLLBACK
+    round trips around a one-statement read), and read-only semantics stay those of READ
+    COMMITTED, where every statement takes its own snapshot anyway."""
+    from task_service.services import Services
+
+    services = Services.build(make_settings(pg_url))
+    try:
+        async with services.read() as session:
+            first = (await session.execute(text("SELECT now(), txid_current_if_assigned()"))).one()
+            await session.execute(text("SELECT pg_sleep(0.01)"))
+            second = (await session.execute(text("SELECT now()"))).scalar_one()
+        # In a transaction block now() is the block's start and would not move.
+        assert second > first[0]
+    finally:
+        await services.engine.dispose()
