@@ -1,7 +1,7 @@
 """Every benchmark of issue 10 in one run, each beside its baseline, in one table.
 
-    python bench/run_all.py                 # the full run (about 12 minutes on a busy 2-core machine), writes bench/RESULTS.md
-    python bench/run_all.py --quick         # a smoke run with tiny sizes (well under a minute)
+    python bench/run_all.py                 # the full run (~12 min on a busy 2-core machine), writes bench/RESULTS.md
+    python bench/run_all.py --quick         # a smoke run with tiny sizes (about a minute)
     python bench/run_all.py --only b1,b7    # some of them (b1 b2 b3 b4 b5 b6 b7)
     python bench/run_all.py --server-env DB_POOL_SIZE=20   # measure a setting
 
