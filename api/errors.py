@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from graphql.error import GraphQLError
 from graphql.validation.validate import ValidationAbortedError
@@ -34,7 +35,7 @@ def error_code(error: GraphQLError) -> ErrorCode:
     if original is None:
         # Parse, validation and variable-coercion errors: the request itself is wrong.
         declared = (error.extensions or {}).get("code")
-        if declared in ErrorCode.__members__:
+        if isinstance(declared, str) and declared in ErrorCode.__members__:
             return ErrorCode(declared)
         if any(marker in error.message for marker in _TOO_COMPLEX_MARKERS):
             return ErrorCode.QUERY_TOO_COMPLEX
@@ -85,7 +86,7 @@ class ErrorMapper(MaskErrors):
                     nodes=error.nodes,
                     path=error.path,
                 )
-                extensions = {}
+                extensions: dict[str, Any] = {}
             elif code is ErrorCode.INTERNAL:
                 log.error("unexpected error in %s", _where(error), exc_info=error.original_error or error)
                 error = self.anonymise_error(error)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import ASTValidationRule, GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
@@ -71,7 +71,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         max_directives=settings.max_directives,
         max_page_size=settings.max_page_size,
     )
-    rules = [complexity_rule(limits), directives_rule(settings.max_directives)]
+    rules: list[type[ASTValidationRule]] = [complexity_rule(limits), directives_rule(settings.max_directives)]
     extensions: list[Any] = [
         RequestObserver,  # first, so it sees the errors with their codes
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),

@@ -16,10 +16,11 @@ the key: the Context's `result_scope`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast, visit
+from graphql.execution.values import VariableValues
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from ..schema.sharing import SHARE_ATTRIBUTE
@@ -41,7 +42,11 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def build_per_event_executor(self, payload: Any) -> Any:
         executor = super().build_per_event_executor(payload)
         event_key = getattr(payload, SHARE_ATTRIBUTE, None)
-        if event_key is not None and getattr(self.context_value, "shared_results", None) is not None:
+        if (
+            isinstance(executor, SharingExecutionContext)
+            and event_key is not None
+            and getattr(self.context_value, "shared_results", None) is not None
+        ):
             executor._share_key = (event_key, self._selection(), getattr(self.context_value, "result_scope", None))
         return executor
 
@@ -68,7 +73,10 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
                 fragment = self.fragment_definitions[name]
                 parts.append(print_ast(fragment))
                 visit(fragment, finder)
-            coerced = getattr(self.variable_values, "coerced", self.variable_values) or {}
+            variables = self.variable_values
+            coerced: Mapping[str, Any] = (
+                variables.coerced if isinstance(variables, VariableValues) else variables
+            ) or {}
             values = tuple(sorted((name, repr(coerced.get(name))) for name in finder.names))
             self._selection_key = (tuple(parts), values)
         return self._selection_key

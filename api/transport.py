@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cross_web import HTTPException
 from starlette.requests import Request
@@ -85,6 +85,7 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
@@ -245,7 +246,7 @@ class GraphQLApp(GraphQL[Context, None]):
             raise ConnectionRejectionError(
                 {"message": context.caller.problem, "extensions": {"code": ErrorCode.UNAUTHENTICATED.value}}
             )
-        return UNSET
+        return cast(UnsetType, UNSET)  # no payload in connection_ack
 
     def decode_json(self, data: str | bytes) -> object:
         if len(data) > self.settings.max_body_bytes:

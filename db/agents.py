@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import NotFound
-from .base import utcnow
+from .base import rowcount, utcnow
 from .effects import PresenceChange, effects_of
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, AgentStatus
 from .models import Agent, Task
@@ -240,4 +240,4 @@ async def restore_agent(session: AsyncSession, agent: Agent) -> None:
 async def purge_deleted_agents(session: AsyncSession, *, older_than: datetime) -> int:
     """Erase agents unregistered before `older_than`; returns how many."""
     result = await session.execute(delete(Agent).where(Agent.deleted_at < older_than))
-    return result.rowcount or 0
+    return rowcount(result)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .base import dialect_name
 from .effects import effects_of
 from .enums import TaskEventType
 from .models import Task, TaskEvent
@@ -66,7 +67,7 @@ async def stamp_events(session: AsyncSession) -> int:
     SQLite, the single writer, run it inside the writing transaction just before commit.
     Returns the highest cursor now assigned (0 when the log is empty).
     """
-    if session.bind.dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         await session.execute(select(func.pg_advisory_xact_lock(SEQUENCER_LOCK_KEY)))
     await session.execute(_STAMP_SQL)
     return await max_seq(session)

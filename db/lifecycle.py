@@ -40,7 +40,7 @@ class Policy:
     backoff_max_seconds: float = 900
 
     def backoff(self, attempt: int) -> float:
-        return min(self.backoff_seconds * 2 ** max(attempt - 1, 0), self.backoff_max_seconds)
+        return min(self.backoff_seconds * 2.0 ** max(attempt - 1, 0), self.backoff_max_seconds)
 
 
 async def _check_limit(session: AsyncSession, agent: Agent) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Select, String, delete, func, literal, or_, select, update
+from sqlalchemy import Boolean, Select, String, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -197,7 +197,7 @@ async def insert_tasks(
         for dep in sorted(set(item.depends_on) | {rows[i].id for i in item.depends_on_refs})
     ]
     if links:
-        await session.execute(TaskDependency.__table__.insert(), links)
+        await session.execute(insert(TaskDependency), links)
     for row in rows:
         record_event(session, row, TaskEventType.CREATED, to_status=row.status, actor=actor)
     for agent in assignees.values():
@@ -222,7 +222,7 @@ class TaskCriteria:
     active_projects_only: bool = False
 
 
-def _filtered(q: TaskCriteria) -> Select[tuple[Task]]:
+def _filtered(q: TaskCriteria) -> Select[Task]:
     query = select(Task)
     if q.project_id is not None:
         query = query.where(Task.project_id == q.project_id)

@@ -224,7 +224,8 @@ class EventBus:
     async def _read(self, broadcast: Broadcast, subscribed: asyncio.Event) -> None:
         async with broadcast.subscribe(CHANNEL) as subscriber:
             subscribed.set()
-            async for event in subscriber:  # type: ignore[attr-defined]
+            # broadcaster declares Subscriber.__aiter__ as returning an optional generator.
+            async for event in subscriber:  # type: ignore[union-attr]
                 if event is None:
                     return
                 self._dispatch(event.message)

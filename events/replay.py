@@ -141,7 +141,7 @@ async def follow_events(
 
 async def _read_log(source: EventLog, where: EventFilter, cursor: int, horizon: int) -> list[TaskEvent]:
     async with source.read() as session:
-        return await list_events(
+        rows = await list_events(
             session,
             after=cursor,
             upto=horizon,
@@ -150,3 +150,4 @@ async def _read_log(source: EventLog, where: EventFilter, cursor: int, horizon: 
             agent_id=where.agent_id,
             limit=PAGE,
         )
+    return list(rows)
