@@ -32,6 +32,10 @@ def unreachable(exc: BaseException) -> bool:
         exc.connection_invalidated
         or (isinstance(exc, InterfaceError | OperationalError) and not _missing_schema(exc))
         or sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention
+        # asyncpg, when the server shut a connection down in the middle of an operation, may
+        # report it at the connection's next use as "cannot switch to state ...; another
+        # operation is in progress" (seen in tests/resilience/test_database_restart.py).
+        or type(exc.orig).__name__ == "InternalClientError"
     )
 
 

@@ -1,4 +1,4 @@
-"""The task lifecycle (DESIGN.md's table): every transition is a conditional change of a
+"""The task lifecycle (docs/ARCHITECTURE.md's table): every transition is a conditional change of a
 locked row plus its TaskEvent, in the caller's transaction."""
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -160,7 +159,6 @@ class EventBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._pong = asyncio.Event()
         self._ping_id = ""
-        self._on_resync: list[Callable[[], None]] = []
         self._origin = uuid.uuid4().hex
         self._presence_heard = 0
 
@@ -339,11 +337,6 @@ class EventBus:
         self.resynced_at = time.monotonic()
         for listener in self._listeners:
             listener.request_resync()
-        for callback in self._on_resync:
-            callback()
-
-    def on_resync(self, callback: Callable[[], None]) -> None:
-        self._on_resync.append(callback)
 
     # -- local listeners -----------------------------------------------------------
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.postgres_only
 
 HEARTBEAT_TIMEOUT = 2.0
 REAPER_INTERVAL = 1.0
-# DESIGN.md: a crashed agent's work is claimable again within heartbeat timeout + reaper
+# docs/ARCHITECTURE.md: a crashed agent's work is claimable again within heartbeat timeout + reaper
 # interval. How soon is a figure (printed here); what must hold is that it happens, and
 # never before the agent has been silent for the heartbeat timeout. The deadline only
 # bounds a test that would otherwise wait forever, with room for a loaded machine.
