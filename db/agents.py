@@ -239,5 +239,4 @@ async def restore_agent(session: AsyncSession, agent: Agent) -> None:
 
 async def purge_deleted_agents(session: AsyncSession, *, older_than: datetime) -> int:
     """Erase agents unregistered before `older_than`; returns how many."""
-    result = await session.execute(delete(Agent).where(Agent.deleted_at < older_than))
-    return rowcount(result)
+    return rowcount(await session.execute(delete(Agent).where(Agent.deleted_at < older_than)))

@@ -146,8 +146,7 @@ async def hard_delete_project(session: AsyncSession, project_id: int) -> None:
 async def purge_deleted_projects(session: AsyncSession, *, older_than: datetime) -> int:
     """Erase projects soft-deleted before `older_than` (their tasks go with them); returns
     how many."""
-    result = await session.execute(delete(Project).where(Project.deleted_at < older_than))
-    return rowcount(result)
+    return rowcount(await session.execute(delete(Project).where(Project.deleted_at < older_than)))
 
 
 async def status_counts(session: AsyncSession, project_ids: Sequence[int]) -> dict[int, dict[str, int]]:

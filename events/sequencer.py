@@ -18,9 +18,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from ..db.events import stamp_events
 from ..db.health import problem
-from ..db.session import Sessionmaker
 from ..observability.logs import FailureLog
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ SYNC_TIMEOUT = 5.0
 class Sequencer:
     def __init__(
         self,
-        sessionmaker: Sessionmaker,
+        sessionmaker: Callable[[], AsyncSession],
         *,
         poll_interval: float = 1.0,
         on_sequenced: SequencedCallback | None = None,

@@ -8,15 +8,18 @@ the others share it (events/single_flight.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from ..db.agents import get_agent_by_id
 from ..db.models import Agent, Task
-from ..db.session import Sessionmaker
 from ..db.tasks import get_task
 from .single_flight import SingleFlight
 
 
 class TaskSnapshots:
-    def __init__(self, sessionmaker: Sessionmaker, *, capacity: int = 2000):
+    def __init__(self, sessionmaker: Callable[[], AsyncSession], *, capacity: int = 2000):
         self._sessionmaker = sessionmaker
         self._rows: SingleFlight[Task | None] = SingleFlight(capacity)
 
@@ -35,7 +38,7 @@ class TaskSnapshots:
 
 
 class AgentSnapshots:
-    def __init__(self, sessionmaker: Sessionmaker, *, capacity: int = 2000):
+    def __init__(self, sessionmaker: Callable[[], AsyncSession], *, capacity: int = 2000):
         self._sessionmaker = sessionmaker
         self._rows: SingleFlight[Agent | None] = SingleFlight(capacity)
 

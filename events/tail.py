@@ -17,15 +17,16 @@ import bisect
 import time
 from collections.abc import Callable
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from ..db.events import list_events, max_seq
 from ..db.models import TaskEvent
-from ..db.session import Sessionmaker
 
 REFRESH_LIMIT = 2000
 
 
 class LogTail:
-    def __init__(self, sessionmaker: Sessionmaker, *, capacity: int = 10_000):
+    def __init__(self, sessionmaker: Callable[[], AsyncSession], *, capacity: int = 10_000):
         self._sessionmaker = sessionmaker
         self._capacity = capacity
         self._seqs: list[int] = []
