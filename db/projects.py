@@ -108,7 +108,10 @@ async def _set_tasks_deleted(
         .with_for_update()
     )
     kind = TaskEventType.DELETED if value is not None else TaskEventType.RESTORED
+    holders: set[int] = set()
     for task in tasks:
+        if task.assignee_id is not None and task.status in HELD_STATUSES:
+            holders.add(task.assignee_id)
         task.deleted_at = value
         task.updated_at = utcnow()
         record_event(
@@ -121,6 +124,11 @@ async def _set_tasks_deleted(
             data={"withProject": str(project_id)},
         )
     await session.flush()
+    # Hidden tasks do not count as held: their agents may be ONLINE now (or BUSY again).
+    for agent_id in sorted(holders):
+        agent = await lock_agent_by_id(session, agent_id)
+        if agent is not None:
+            await refresh_status(session, agent)
 
 
 async def hard_delete_project(session: AsyncSession, project_id: int) -> None:

@@ -381,6 +381,10 @@ async def restore_task(session: AsyncSession, task_id: int, *, actor: str | None
         task.deleted_at = None
         task.updated_at = utcnow()
         record_event(session, task, TaskEventType.RESTORED, from_status=task.status, to_status=task.status, actor=actor)
+        if task.assignee_id is not None and task.status in HELD_STATUSES:
+            agent = await session.get(Agent, task.assignee_id, with_for_update=True)
+            if agent is not None:
+                await refresh_status(session, agent)
         await session.flush()
     return task
 
