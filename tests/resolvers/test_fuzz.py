@@ -218,15 +218,22 @@ class ApiMachine(RuleBasedStateMachine):
             )
         return result.data
 
+    def held(self) -> list[tuple[str, str]]:
+        """(task id, project id) of the tasks an agent holds now: the interesting targets."""
+        rows = self.sql("SELECT id, project_id FROM tasks WHERE status IN ('ASSIGNED', 'RUNNING', 'REVIEWING')")
+        return [(str(task), str(project)) for task, project in rows]
+
     def task_id(self, data: st.DataObject, label: str = "task") -> str:
-        if not self.hostile(data):
-            return data.draw(st.sampled_from(self.tasks or ["1"]), label=label)
-        return data.draw(bad_ids, label=label)
+        if self.hostile(data):
+            return data.draw(bad_ids, label=label)
+        held = self.held() if data.draw(st.booleans(), label=f"{label} held") else []
+        return data.draw(st.sampled_from([t for t, _ in held] or self.tasks or ["1"]), label=label)
 
     def project_id(self, data: st.DataObject) -> str:
-        if not self.hostile(data):
-            return data.draw(st.sampled_from(self.projects or ["1"]), label="project")
-        return data.draw(bad_ids, label="project")
+        if self.hostile(data):
+            return data.draw(bad_ids, label="project")
+        held = self.held() if data.draw(st.booleans(), label="project with held") else []
+        return data.draw(st.sampled_from([p for _, p in held] or self.projects or ["1"]), label="project")
 
     def agent_name(self, data: st.DataObject, label: str = "agent") -> str:
         if self.agents and not self.hostile(data):
