@@ -91,6 +91,14 @@ class TestBodies:
         message = refusal(await post(server, "query={projects{id}}", content_type=content_type), 415, "BAD_USER_INPUT")
         assert "application/json" in message
 
+    @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+    async def test_other_methods_get_a_graphql_405(self, server: Server, method: str) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, trust_env=False) as http:
+            response = await http.request(
+                method, "/graphql", json={"query": "{ projects { id } }"}, headers=admin_headers()
+            )
+        refusal(response, 405, "BAD_USER_INPUT")
+
     async def test_a_mutation_over_get_is_refused(self, server: Server) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=30, trust_env=False) as http:
             response = await http.get(
