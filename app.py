@@ -21,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import __version__
+from .api.schema import build_schema
+from .api.transport import WEB_DIR, GraphQLApp, TransportError, error_response
 from .db.health import NOT_MIGRATED, UNREACHABLE, problem, schema_revision
 from .db.migrate import head_revision, upgrade_to_head
 from .errors import DomainError, ErrorCode
@@ -30,8 +32,6 @@ from .observability.metrics import Metrics
 from .reaper import Reaper
 from .resolvers.auth import authenticate, header_credentials
 from .resolvers.stats import dashboard_stats_json
-from .resolvers.transport import WEB_DIR, GraphQLApp, TransportError, error_response
-from .schema.root import build_schema
 from .services import Services
 from .settings import Settings
 

@@ -158,7 +158,7 @@ def migrate_command(args: argparse.Namespace) -> int:
 
 
 def export_schema_command(args: argparse.Namespace) -> int:
-    from .schema.root import build_schema
+    from .api.schema import build_schema
 
     sdl = build_schema(_settings()).as_str() + "\n"
     if args.output is None:
@@ -278,8 +278,8 @@ async def _seed(
     settings: Settings,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """Create the demo data through the public API, so it obeys every rule a client meets."""
+    from .api.schema import build_schema
     from .resolvers.context import Context
-    from .schema.root import build_schema
     from .services import Services
 
     schema = build_schema(settings)

@@ -23,7 +23,7 @@ class ErrorCode(StrEnum):
 
 
 class DomainError(Exception):
-    """A failure the caller can act on; mapped to a GraphQL error in schema/errors.py."""
+    """A failure the caller can act on; mapped to a GraphQL error in api/errors.py."""
 
     code: ErrorCode = ErrorCode.INTERNAL
 

@@ -11,27 +11,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from .db import agents as db_agents
 from .db.base import utcnow
 from .db.dependencies import recount_and_unblock
-from .db.enums import ACTIVE_STATUSES, TaskEventType, TaskStatus
+from .db.enums import TaskEventType
 from .db.health import problem
 from .db.idempotency import purge_keys
-from .db.lifecycle import Policy, lock_active_tasks, requeue_or_fail
-from .db.models import Agent, Project, Task
-from .db.tasks import purge_deleted
+from .db.leader import still_connected, try_lead
+from .db.lifecycle import lock_active_tasks, requeue_or_fail
+from .db.models import Task
+from .db.projects import purge_deleted_projects
+from .db.tasks import lease_overdue, leases_due, lock_task, purge_deleted, run_deadline, timeouts_due
 from .observability.logs import FailureLog
 from .services import Services
 
 log = logging.getLogger(__name__)
 
-LEADER_LOCK_KEY = 0x7A5C_0002
+
+@dataclass(frozen=True)
+class Overdue:
+    """A way a held task runs out of time, and what the reaper does about it."""
+
+    event: TaskEventType
+    # The unlocked scan (session, now, default timeout minutes): (task id, assignee id) of
+    # the tasks that look due.
+    scan: Callable[[AsyncSession, datetime, int], Awaitable[list[tuple[int, int | None]]]]
+    # Checked again on the locked task (task, now, default timeout minutes): the error to
+    # record, or None when it is no longer due.
+    reason: Callable[[Task, datetime, int], str | None]
+    # A timeout backs off and counts as the agent's failure. A lost lease means the agent
+    # is gone, which is not the task's fault: requeued at once, no failure counted.
+    penalise: bool
+
+
+def _lease_reason(task: Task, now: datetime, _default: int) -> str | None:
+    return "lease expired without renewal" if lease_overdue(task, now) else None
+
+
+def _timeout_reason(task: Task, now: datetime, default: int) -> str | None:
+    deadline = run_deadline(task, default)
+    if deadline is None or deadline >= now:
+        return None
+    return f"ran longer than timeoutMinutes ({task.timeout_minutes or default})"
+
+
+async def _leases_due(session: AsyncSession, now: datetime, _default: int) -> list[tuple[int, int | None]]:
+    return await leases_due(session, now=now)
+
+
+async def _timeouts_due(session: AsyncSession, now: datetime, default: int) -> list[tuple[int, int | None]]:
+    return await timeouts_due(session, now=now, default_minutes=default)
+
+
+LEASE_EXPIRY = Overdue(TaskEventType.LEASE_EXPIRED, _leases_due, _lease_reason, penalise=False)
+TIMEOUT = Overdue(TaskEventType.TIMED_OUT, _timeouts_due, _timeout_reason, penalise=True)
 
 
 @dataclass
@@ -103,17 +142,14 @@ class Reaper:
         try:
             if self._leader_conn is None:
                 self._leader_conn = await self.services.engine.connect()
-                got = await self._leader_conn.scalar(select(func.pg_try_advisory_lock(LEADER_LOCK_KEY)))
-                await self._leader_conn.commit()
-                if not got:
+                if not await try_lead(self._leader_conn):
                     # No lock taken on it: the connection can go back to the pool.
                     conn, self._leader_conn = self._leader_conn, None
                     await conn.close()
                     return False
                 log.info("reaper: this process is the leader")
             else:
-                await self._leader_conn.scalar(select(1))
-                await self._leader_conn.commit()
+                await still_connected(self._leader_conn)
             self.is_leader = True
         except Exception:
             if self.is_leader:
@@ -134,10 +170,6 @@ class Reaper:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    def policy(self) -> Policy:
-        s = self.settings
-        return Policy(s.lease, s.retry_backoff_seconds, s.retry_backoff_max_seconds)
-
     async def tick(self, now: datetime | None = None) -> TickResult:
         now = now or utcnow()
         result = TickResult()
@@ -156,7 +188,7 @@ class Reaper:
             for agent in await db_agents.stale_agents(session, older_than=cutoff):
                 tasks = await lock_active_tasks(session, agent.id)
                 for task in tasks:
-                    await self._expire(session, task, f"agent '{agent.name}' stopped sending heartbeats")
+                    await self._requeue(session, task, LEASE_EXPIRY, f"agent '{agent.name}' stopped sending heartbeats")
                 expired += len(tasks)
                 await db_agents.refresh_status(session, agent, now=now, offline=True)
                 offline += 1
@@ -165,77 +197,46 @@ class Reaper:
     async def expire_leases(self, now: datetime) -> int:
         """Tasks whose lease ran out although their agent looks alive (LEASE_SECONDS shorter
         than the heartbeat timeout, or an agent that heartbeats but never renews)."""
+        return await self._sweep(LEASE_EXPIRY, now)
+
+    async def time_out_tasks(self, now: datetime) -> int:
+        """RUNNING tasks that ran longer than their timeoutMinutes."""
+        return await self._sweep(TIMEOUT, now)
+
+    async def _sweep(self, overdue: Overdue, now: datetime) -> int:
+        """Requeue (or fail) every task `overdue` finds due: one unlocked scan, then one short
+        transaction per task that locks its agent and the task (the claim order) and checks
+        again, since a heartbeat or a transition may have committed since the scan."""
+        default = self.settings.default_task_timeout_minutes
         async with self.services.read() as session:
-            due = (
-                await session.execute(
-                    select(Task.id, Task.assignee_id)
-                    .where(Task.status.in_(ACTIVE_STATUSES), Task.lease_expires_at < now)
-                    .limit(500)
-                )
-            ).all()
+            due = await overdue.scan(session, now, default)
         count = 0
         for task_id, agent_id in due:
             async with self.services.transaction() as session:
                 agent = await db_agents.lock_agent_by_id(session, agent_id) if agent_id else None
-                task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
-                if task is None or task.status not in ACTIVE_STATUSES or task.assignee_id != agent_id:
+                task = await lock_task(session, task_id)
+                if task is None or task.assignee_id != agent_id:
                     continue
-                if task.lease_expires_at is None or task.lease_expires_at >= now:
+                reason = overdue.reason(task, now, default)
+                if reason is None:
                     continue
-                await self._expire(session, task, "lease expired without renewal")
+                await self._requeue(session, task, overdue, reason)
                 if agent is not None:
                     await db_agents.refresh_status(session, agent, now=now)
                 count += 1
         return count
 
-    async def _expire(self, session, task: Task, reason: str) -> None:  # type: ignore[no-untyped-def]
-        # A dead agent is not the task's fault: no backoff, so another agent can take it at once.
+    async def _requeue(self, session: AsyncSession, task: Task, overdue: Overdue, reason: str) -> None:
         await requeue_or_fail(
             session,
             task,
-            self.policy(),
-            event=TaskEventType.LEASE_EXPIRED,
+            self.services.policy,
+            event=overdue.event,
             error=reason,
-            backoff=False,
-            count_failure=False,
+            backoff=overdue.penalise,
+            count_failure=overdue.penalise,
             actor="reaper",
         )
-
-    async def time_out_tasks(self, now: datetime) -> int:
-        async with self.services.read() as session:
-            running = (
-                await session.execute(
-                    select(Task.id, Task.assignee_id, Task.started_at, Task.timeout_minutes).where(
-                        Task.status == TaskStatus.RUNNING.value, Task.deleted_at.is_(None)
-                    )
-                )
-            ).all()
-        default = self.settings.default_task_timeout_minutes
-        late = [
-            (task_id, agent_id)
-            for task_id, agent_id, started, minutes in running
-            if started is not None and started + timedelta(minutes=minutes or default) < now
-        ]
-        count = 0
-        for task_id, agent_id in late:
-            async with self.services.transaction() as session:
-                agent = await db_agents.lock_agent_by_id(session, agent_id) if agent_id else None
-                task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
-                if task is None or task.status != TaskStatus.RUNNING or task.started_at is None:
-                    continue
-                minutes = task.timeout_minutes or default
-                await requeue_or_fail(
-                    session,
-                    task,
-                    self.policy(),
-                    event=TaskEventType.TIMED_OUT,
-                    error=f"ran longer than timeoutMinutes ({minutes})",
-                    actor="reaper",
-                )
-                if agent is not None:
-                    await db_agents.refresh_status(session, agent, now=now)
-                count += 1
-        return count
 
     async def purge(self, now: datetime) -> int:
         """Erase rows soft-deleted before the retention window, and old idempotency keys."""
@@ -243,8 +244,7 @@ class Reaper:
         async with self.services.transaction() as session:
             purged, dependents = await purge_deleted(session, older_than=keep)
             await recount_and_unblock(session, dependents, actor="reaper")
-            projects = await session.execute(delete(Project).where(Project.deleted_at < keep))
-            agents = await session.execute(delete(Agent).where(Agent.deleted_at < keep))
-            purged += (projects.rowcount or 0) + (agents.rowcount or 0)
+            purged += await purge_deleted_projects(session, older_than=keep)
+            purged += await db_agents.purge_deleted_agents(session, older_than=keep)
             await purge_keys(session, older_than=now - timedelta(hours=self.settings.idempotency_retention_hours))
         return purged

@@ -12,14 +12,16 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from .db.agents import PresenceChange
-from .db.events import stamp_events
+from .db.effects import EffectSession
 from .db.health import service_counts
+from .db.lifecycle import Policy
 from .db.session import create_engine, create_sessionmaker
+from .db.stats import DashboardCounts, dashboard_counts
 from .events.bus import EventBus
+from .events.publish import Publisher, publisher_for
 from .events.sequencer import Sequencer
 from .events.single_flight import SingleFlight
-from .events.snapshots import TaskSnapshots
+from .events.snapshots import AgentSnapshots, TaskSnapshots
 from .events.stats_hub import StatsHub
 from .events.tail import LogTail
 from .observability.metrics import Metrics, PoolUsage, Snapshot
@@ -33,32 +35,43 @@ log = logging.getLogger(__name__)
 class Services:
     settings: Settings
     engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
+    sessionmaker: async_sessionmaker[EffectSession]
     bus: EventBus
     metrics: Metrics = field(default_factory=Metrics)
-    sequencer: Sequencer = field(init=False)
-    stats_hub: StatsHub[Any] = field(init=False)
+    sequencer: Sequencer = field(init=False)  # runs on PostgreSQL only (events/publish.py)
+    publisher: Publisher = field(init=False)
+    stats_hub: StatsHub[DashboardCounts] = field(init=False)
     tail: LogTail = field(init=False)
     snapshots: TaskSnapshots = field(init=False)
+    agent_snapshots: AgentSnapshots = field(init=False)
     shared_results: SingleFlight[Any] = field(init=False)
     is_sqlite: bool = field(init=False)
+    # The lease and retry rules of the lifecycle, from settings (built once, used by every
+    # mutation and the reaper).
+    policy: Policy = field(init=False)
     rate_limiter: RateLimiter | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.policy = Policy(
+            lease_seconds=self.settings.lease,
+            backoff_seconds=self.settings.retry_backoff_seconds,
+            backoff_max_seconds=self.settings.retry_backoff_max_seconds,
+        )
         limit = self.settings.rate_limit
         self.rate_limiter = (
             RateLimiter(limit, self.settings.rate_limit_storage_url, namespace=self._database_key()) if limit else None
         )
         self.tail = LogTail(self.sessionmaker)
         self.snapshots = TaskSnapshots(self.sessionmaker)
+        self.agent_snapshots = AgentSnapshots(self.sessionmaker)
         self.shared_results = SingleFlight(capacity=1024)
         self.sequencer = Sequencer(self.sessionmaker, on_sequenced=self.bus.publish_horizon)
+        self.publisher = publisher_for(self.engine.dialect.name, self.bus, self.sequencer)
 
-        async def compute(project_id: int | None) -> Any:
-            from .resolvers.stats import compute_stats
-
-            return await compute_stats(self, project_id)
+        async def compute(project_id: int | None) -> DashboardCounts:
+            async with self.read() as session:
+                return await dashboard_counts(session, project_id)
 
         self.stats_hub = StatsHub(self.bus, compute, min_interval=self.settings.stats_min_interval_seconds)
 
@@ -86,48 +99,27 @@ class Services:
             # The service still works without live updates; the bus watchdog keeps trying.
             log.error("event bus %s is unreachable (%s); live updates wait for it", self.bus.url, exc)
             self.bus.start_watchdog()
-        if not self.is_sqlite:
-            self.sequencer.start()
+        await self.publisher.start()
 
     async def close(self) -> None:
-        await self.sequencer.stop()
+        await self.publisher.stop()
         await self.bus.stop()
         await self.engine.dispose()
 
-    async def _after_commit(self, session: AsyncSession, horizon: int | None) -> None:
-        if session.info.get("events_written"):
-            if self.is_sqlite:
-                if horizon:
-                    await self.bus.publish_horizon(horizon)
-            else:
-                await self.sequencer.sync()
-        changes: list[PresenceChange] = session.info.get("presence", [])
-        for change in changes:
-            await self.bus.publish_presence(
-                {
-                    "agentId": change.agent_id,
-                    "name": change.name,
-                    "previous": change.previous,
-                    "status": change.status,
-                    "at": change.at.isoformat(),
-                }
-            )
-
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    async def transaction(self) -> AsyncIterator[EffectSession]:
         """One transaction for one mutation: commit on success, roll back on error.
 
-        Events written in it are stamped before the caller returns, so the client that
-        made a change can read its events at once.
+        The session carries the transaction's Effects (db/effects.py); once it commits, the
+        publisher announces them (events/publish.py, docs/ARCHITECTURE.md "Commit to
+        publish"). Its events are stamped before the caller returns, so the client that
+        made a change can read its events at once. A rollback publishes nothing.
         """
         async with self.sessionmaker() as session:
-            horizon = None
             async with session.begin():
                 yield session
-                if self.is_sqlite and session.info.get("events_written"):
-                    await session.flush()  # the stamp is raw SQL: pending event rows first
-                    horizon = await stamp_events(session)
-            await self._after_commit(session, horizon)
+                await self.publisher.before_commit(session)
+            await self.publisher.after_commit(session.effects)
 
     async def metrics_snapshot(self) -> Snapshot:
         """The scrape-time values of /metrics: one query for the database's counts, the rest

@@ -1,4 +1,4 @@
-"""B3: taskEvents fan-out (DESIGN.md, "Targets").
+"""B3: taskEvents fan-out (docs/ARCHITECTURE.md, "Targets").
 
 500 WebSocket subscribers on `subscription { taskEvents { ... } }`, 10 events/s for 30 s;
 reports publish-to-receive latency (p50/p95/p99/max), lost, duplicated and out-of-order

@@ -1,4 +1,4 @@
-"""B4: claimNextTask with a backlog (DESIGN.md, "Targets").
+"""B4: claimNextTask with a backlog (docs/ARCHITECTURE.md, "Targets").
 
 Times N sequential `claimNextTask` calls over HTTP against two servers, each on a fresh
 database: phase A with only ready tasks, phase B with the same ready tasks plus a backlog the

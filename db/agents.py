@@ -5,26 +5,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import NotFound
-from .base import utcnow
+from .base import rowcount, utcnow
+from .effects import PresenceChange, effects_of
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, AgentStatus
 from .models import Agent, Task
-
-
-@dataclass(frozen=True)
-class PresenceChange:
-    agent_id: int
-    name: str
-    previous: str | None
-    status: str
-    at: datetime
 
 
 def hash_token(token: str) -> str:
@@ -36,12 +27,16 @@ def new_token() -> str:
 
 
 def note_presence(session: AsyncSession, change: PresenceChange) -> None:
-    """Remember a status change; it is published after the transaction commits."""
-    session.info.setdefault("presence", []).append(change)
+    """Note a status change in the transaction's Effects; it is published after commit."""
+    effects_of(session).presence.append(change)
 
 
 async def get_agent(session: AsyncSession, name: str) -> Agent | None:
     return await session.scalar(select(Agent).where(Agent.name == name))
+
+
+async def get_agent_by_id(session: AsyncSession, agent_id: int) -> Agent | None:
+    return await session.get(Agent, agent_id)
 
 
 async def agent_by_token(session: AsyncSession, token: str) -> Agent | None:
@@ -147,6 +142,16 @@ async def touch(session: AsyncSession, agent: Agent, *, lease_seconds: float) ->
     await refresh_status(session, agent, now=now)
 
 
+async def count_outcome(session: AsyncSession, agent_id: int, outcome: Literal["completed", "failed"]) -> None:
+    """Add one to the agent's completed (or failed) task count, in one UPDATE that needs no
+    lock on the agent row (the counters only ever grow)."""
+    column = Agent.completed_count if outcome == "completed" else Agent.failed_count
+    await session.execute(
+        update(Agent).where(Agent.id == agent_id).values({column: column + 1}),
+        execution_options={"synchronize_session": False},
+    )
+
+
 async def active_task_count(session: AsyncSession, agent_id: int) -> int:
     return (
         await session.scalar(
@@ -208,3 +213,30 @@ async def stale_agents(session: AsyncSession, *, older_than: datetime) -> Sequen
             .with_for_update(skip_locked=True)
         )
     ).all()
+
+
+async def soft_delete_agent(session: AsyncSession, agent: Agent) -> None:
+    """Unregister `agent` (locked by the caller): its token stops working and it goes OFFLINE.
+    The caller releases its tasks first (db/lifecycle.py's release_all)."""
+    agent.deleted_at = agent.deleted_at or utcnow()
+    agent.token_hash = None
+    await refresh_status(session, agent, offline=True)
+
+
+async def hard_delete_agent(session: AsyncSession, agent_id: int) -> None:
+    """Erase the agent row; its tasks' assignee becomes null (ON DELETE SET NULL)."""
+    await session.execute(delete(Agent).where(Agent.id == agent_id))
+
+
+async def restore_agent(session: AsyncSession, agent: Agent) -> None:
+    """Undo an unregister of `agent` (locked by the caller), counting it as a heartbeat; a
+    live agent is left as it is."""
+    if agent.deleted_at is not None:
+        agent.deleted_at = None
+        agent.last_heartbeat_at = utcnow()
+        await refresh_status(session, agent)
+
+
+async def purge_deleted_agents(session: AsyncSession, *, older_than: datetime) -> int:
+    """Erase agents unregistered before `older_than`; returns how many."""
+    return rowcount(await session.execute(delete(Agent).where(Agent.deleted_at < older_than)))

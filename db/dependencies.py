@@ -8,6 +8,7 @@ from sqlalchemy import and_, delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import BadInput, CycleDetected
+from .base import rowcount
 from .enums import TaskEventType, TaskStatus
 from .events import record_event
 from .models import Task, TaskDependency
@@ -102,7 +103,7 @@ async def remove_dependency(session: AsyncSession, task_id: int, depends_on_id: 
     removed = await session.execute(
         delete(TaskDependency).where(TaskDependency.task_id == task_id, TaskDependency.depends_on_id == depends_on_id)
     )
-    if not removed.rowcount:
+    if not rowcount(removed):
         return task
     record_event(session, task, TaskEventType.DEPENDENCY_REMOVED, actor=actor, data={"dependsOn": str(depends_on_id)})
     await recount_and_unblock(session, [task_id], actor=actor)

@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .base import dialect_name
+from .effects import effects_of
 from .enums import TaskEventType
 from .models import Task, TaskEvent
 
@@ -40,7 +42,8 @@ def record_event(
     message: str | None = None,
     data: Any = None,
 ) -> TaskEvent:
-    """Add one log row for a change of `task`, in the caller's transaction."""
+    """Add one log row for a change of `task`, in the caller's transaction, and note it in
+    the transaction's Effects (published after commit)."""
     event = TaskEvent(
         task_id=task.id,
         project_id=task.project_id,
@@ -53,7 +56,7 @@ def record_event(
         data=data,
     )
     session.add(event)
-    session.info["events_written"] = True
+    effects_of(session).events.append(event)
     return event
 
 
@@ -64,7 +67,7 @@ async def stamp_events(session: AsyncSession) -> int:
     SQLite, the single writer, run it inside the writing transaction just before commit.
     Returns the highest cursor now assigned (0 when the log is empty).
     """
-    if session.bind.dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         await session.execute(select(func.pg_advisory_xact_lock(SEQUENCER_LOCK_KEY)))
     await session.execute(_STAMP_SQL)
     return await max_seq(session)

@@ -7,7 +7,7 @@ from sqlalchemy import and_, case, func, literal, select, text, union_all
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .base import utcnow
+from .base import dialect_name, utcnow
 from .enums import AgentStatus, TaskStatus
 from .models import Agent, Task
 from .tasks import ready_conditions
@@ -32,6 +32,10 @@ def unreachable(exc: BaseException) -> bool:
         exc.connection_invalidated
         or (isinstance(exc, InterfaceError | OperationalError) and not _missing_schema(exc))
         or sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention
+        # asyncpg, when the server shut a connection down in the middle of an operation, may
+        # report it at the connection's next use as "cannot switch to state ...; another
+        # operation is in progress" (seen in tests/resilience/test_database_restart.py).
+        or type(exc.orig).__name__ == "InternalClientError"
     )
 
 
@@ -51,7 +55,7 @@ def problem(exc: BaseException) -> str | None:
 
 async def schema_revision(session: AsyncSession) -> str | None:
     """The Alembic revision the database is at; None when it has no alembic_version table."""
-    if session.bind.dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         exists = await session.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
     else:
         exists = await session.scalar(
@@ -59,7 +63,8 @@ async def schema_revision(session: AsyncSession) -> str | None:
         )
     if not exists:
         return None
-    return await session.scalar(text("SELECT version_num FROM alembic_version"))
+    revision: str | None = await session.scalar(text("SELECT version_num FROM alembic_version"))
+    return revision
 
 
 async def service_counts(session: AsyncSession) -> tuple[dict[str, int], int, dict[str, int]]:

@@ -8,7 +8,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import BadInput
-from .base import insert_ignore
+from .base import insert_ignore, rowcount
 from .models import IdempotencyKey
 
 MAX_KEY_LENGTH = 200
@@ -44,5 +44,4 @@ async def remember(session: AsyncSession, *, caller: str, key: str, task_id: int
 
 
 async def purge_keys(session: AsyncSession, *, older_than: datetime) -> int:
-    result = await session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than))
-    return result.rowcount or 0
+    return rowcount(await session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than)))

@@ -1,4 +1,4 @@
-"""The task lifecycle (DESIGN.md's table): every transition is a conditional change of a
+"""The task lifecycle (docs/ARCHITECTURE.md's table): every transition is a conditional change of a
 locked row plus its TaskEvent, in the caller's transaction."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, select, union_all, update
+from sqlalchemy import and_, exists, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import (
@@ -18,7 +18,7 @@ from ..errors import (
     LimitReached,
     StaleAttempt,
 )
-from .agents import active_task_count, lock_agent_by_id, refresh_status, touch
+from .agents import active_task_count, count_outcome, lock_agent_by_id, refresh_status, touch
 from .base import utcnow
 from .dependencies import unblock_dependents
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, TERMINAL_STATUSES, TaskEventType, TaskStatus
@@ -40,7 +40,7 @@ class Policy:
     backoff_max_seconds: float = 900
 
     def backoff(self, attempt: int) -> float:
-        return min(self.backoff_seconds * 2 ** max(attempt - 1, 0), self.backoff_max_seconds)
+        return min(self.backoff_seconds * 2.0 ** max(attempt - 1, 0), self.backoff_max_seconds)
 
 
 async def _check_limit(session: AsyncSession, agent: Agent) -> None:
@@ -235,10 +235,7 @@ async def _complete(session: AsyncSession, task: Task, now: datetime, actor: str
     task.completed_at = now
     task.lease_expires_at = None
     if task.assignee_id is not None:
-        await session.execute(
-            update(Agent).where(Agent.id == task.assignee_id).values(completed_count=Agent.completed_count + 1),
-            execution_options={"synchronize_session": False},
-        )
+        await count_outcome(session, task.assignee_id, "completed")
     await session.flush()
     await unblock_dependents(session, task, actor=actor)
 
@@ -308,10 +305,7 @@ async def review(session: AsyncSession, task_id: int, *, reviewer: str, approved
         await _complete(session, task, now, reviewer)
         return task
     if task.assignee_id is not None:
-        await session.execute(
-            update(Agent).where(Agent.id == task.assignee_id).values(failed_count=Agent.failed_count + 1),
-            execution_options={"synchronize_session": False},
-        )
+        await count_outcome(session, task.assignee_id, "failed")
     to = TaskStatus.PENDING if task.attempt < task.max_attempts else TaskStatus.FAILED
     record_event(
         session,
@@ -364,10 +358,7 @@ async def requeue_or_fail(
     before = task.status
     task.last_error = error
     if count_failure and task.assignee_id is not None:
-        await session.execute(
-            update(Agent).where(Agent.id == task.assignee_id).values(failed_count=Agent.failed_count + 1),
-            execution_options={"synchronize_session": False},
-        )
+        await count_outcome(session, task.assignee_id, "failed")
     if retryable and task.attempt < task.max_attempts:
         delay = policy.backoff(task.attempt) if backoff else 0
         available = now + timedelta(seconds=delay) if delay > 0 else None

@@ -1,4 +1,6 @@
-"""The tables. Every relationship is lazy="raise": load what you need explicitly."""
+"""The tables. There are no ORM relationships: foreign keys are plain id columns, and what
+a caller needs is loaded explicitly (db/ queries; resolvers/loaders.py's DataLoaders batch
+the nested fields of a request)."""
 
 from __future__ import annotations
 

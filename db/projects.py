@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import NotFound
 from .agents import lock_agent_by_id, refresh_status
-from .base import utcnow
+from .base import rowcount, utcnow
 from .enums import HELD_STATUSES, TaskEventType
 from .events import record_event
 from .models import Project, Task
@@ -134,20 +134,27 @@ async def _set_tasks_deleted(
 async def hard_delete_project(session: AsyncSession, project_id: int) -> None:
     """Erase the project; its tasks go with it (ON DELETE CASCADE) and the agents that
     held them get their status recomputed (a BUSY agent may now be ONLINE)."""
-    holders = list(
-        await session.scalars(
+    holders = [
+        agent_id
+        for agent_id in await session.scalars(
             select(Task.assignee_id)
             .where(Task.project_id == project_id, Task.status.in_(HELD_STATUSES), Task.assignee_id.is_not(None))
             .distinct()
         )
-    )
-    result = await session.execute(delete(Project).where(Project.id == project_id))
-    if result.rowcount == 0:
+        if agent_id is not None
+    ]
+    if rowcount(await session.execute(delete(Project).where(Project.id == project_id))) == 0:
         raise NotFound(f"project {project_id} does not exist")
     for agent_id in sorted(holders):
         agent = await lock_agent_by_id(session, agent_id)
         if agent is not None:
             await refresh_status(session, agent)
+
+
+async def purge_deleted_projects(session: AsyncSession, *, older_than: datetime) -> int:
+    """Erase projects soft-deleted before `older_than` (their tasks go with them); returns
+    how many."""
+    return rowcount(await session.execute(delete(Project).where(Project.deleted_at < older_than)))
 
 
 async def status_counts(session: AsyncSession, project_ids: Sequence[int]) -> dict[int, dict[str, int]]:

@@ -1,7 +1,9 @@
-"""Counts for the dashboard, each one grouped statement."""
+"""Counts for the dashboard, each one grouped statement, and the whole dashboard read."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, select
@@ -9,8 +11,38 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import utcnow
 from .enums import TaskStatus
-from .models import Agent, Project, Task
+from .events import list_events
+from .models import Agent, Project, Task, TaskEvent
+from .projects import require_project
 from .tasks import ready_conditions
+
+RECENT_EVENTS = 50
+
+
+@dataclass(frozen=True)
+class DashboardCounts:
+    """The numbers behind dashboardStats (schema/stats.py builds the GraphQL type from it)."""
+
+    tasks: dict[str, int]
+    agents: dict[str, int]
+    projects: dict[str, int]
+    deleted: dict[str, Any]
+    recent: list[TaskEvent]
+    generated_at: datetime
+
+
+async def dashboard_counts(session: AsyncSession, project_id: int | None) -> DashboardCounts:
+    """All of the dashboard's numbers and its newest events (NotFound for an unknown project)."""
+    if project_id is not None:
+        await require_project(session, project_id)
+    return DashboardCounts(
+        tasks=await task_counts(session, project_id),
+        agents=await agent_counts(session),
+        projects=await project_counts(session),
+        deleted=await deleted_counts(session, project_id),
+        recent=list(await list_events(session, project_id=project_id, limit=RECENT_EVENTS, newest_first=True)),
+        generated_at=utcnow(),
+    )
 
 
 async def task_counts(session: AsyncSession, project_id: int | None) -> dict[str, int]:

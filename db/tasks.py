@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Select, String, delete, func, literal, or_, select, update
+from sqlalchemy import Boolean, Select, String, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -16,9 +16,10 @@ from sqlalchemy.sql.functions import FunctionElement
 from ..errors import BadInput, LimitReached, NotFound
 from .agents import active_task_count, refresh_status, require_agent
 from .base import insert_ignore, utcnow
-from .enums import HELD_STATUSES, TaskEventType, TaskStatus
+from .enums import ACTIVE_STATUSES, HELD_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
-from .models import Agent, SkillSet, Task, TaskDependency, TaskTypeDefault
+from .models import Agent, Project, SkillSet, Task, TaskDependency, TaskTypeDefault
+from .projects import require_project
 
 
 @dataclass
@@ -101,8 +102,17 @@ async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, T
     return {row.id: row for row in rows}
 
 
-async def existing_by_idempotency_key(session: AsyncSession, project_id: int, key: str) -> Task | None:
-    return await session.scalar(select(Task).where(Task.project_id == project_id, Task.idempotency_key == key))
+async def lock_task(session: AsyncSession, task_id: int) -> Task | None:
+    """The task locked FOR UPDATE (deleted or not), or None when it no longer exists."""
+    return await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+
+
+async def by_idempotency_keys(session: AsyncSession, project_id: int, keys: Sequence[str]) -> dict[str, Task]:
+    """The project's tasks created with any of `keys`, by key, in one statement."""
+    if not keys:
+        return {}
+    rows = await session.scalars(select(Task).where(Task.project_id == project_id, Task.idempotency_key.in_(set(keys))))
+    return {row.idempotency_key: row for row in rows if row.idempotency_key is not None}
 
 
 async def insert_tasks(
@@ -197,7 +207,7 @@ async def insert_tasks(
         for dep in sorted(set(item.depends_on) | {rows[i].id for i in item.depends_on_refs})
     ]
     if links:
-        await session.execute(TaskDependency.__table__.insert(), links)
+        await session.execute(insert(TaskDependency), links)
     for row in rows:
         record_event(session, row, TaskEventType.CREATED, to_status=row.status, actor=actor)
     for agent in assignees.values():
@@ -207,7 +217,9 @@ async def insert_tasks(
 
 
 @dataclass
-class TaskQuery:
+class TaskCriteria:
+    """Which tasks a list reads (the GraphQL TaskFilter, resolved to ids and values)."""
+
     project_id: int | None = None
     statuses: list[str] | None = None
     assignee_id: int | None = None
@@ -218,12 +230,9 @@ class TaskQuery:
     include_deleted: bool = False
     skill_set_ids: list[int] | None = None
     active_projects_only: bool = False
-    extra: list[Any] = field(default_factory=list)
 
 
-def _filtered(q: TaskQuery) -> Select[tuple[Task]]:
-    from .models import Project
-
+def _filtered(q: TaskCriteria) -> Select[Task]:
     query = select(Task)
     if q.project_id is not None:
         query = query.where(Task.project_id == q.project_id)
@@ -253,7 +262,7 @@ def _filtered(q: TaskQuery) -> Select[tuple[Task]]:
         query = query.where(
             Task.project_id.in_(select(Project.id).where(Project.status == "ACTIVE", Project.deleted_at.is_(None)))
         )
-    return query.where(*q.extra)
+    return query
 
 
 class _JsonArrayHas(FunctionElement[bool]):
@@ -305,7 +314,7 @@ def ready_conditions(now: datetime) -> list[Any]:
 
 
 async def list_tasks(
-    session: AsyncSession, q: TaskQuery, *, first: int, after_id: int | None
+    session: AsyncSession, q: TaskCriteria, *, first: int, after_id: int | None
 ) -> tuple[list[Task], bool, int]:
     """A page of tasks in id order after `after_id`, whether more follow, and the total."""
     query = _filtered(q)
@@ -320,7 +329,7 @@ def claim_order() -> list[Any]:
     return [Task.priority.desc(), Task.due_at.asc().nulls_last(), Task.created_at, Task.id]
 
 
-async def list_ready(session: AsyncSession, q: TaskQuery, *, first: int) -> list[Task]:
+async def list_ready(session: AsyncSession, q: TaskCriteria, *, first: int) -> list[Task]:
     q.ready_only = True
     return list((await session.scalars(_filtered(q).order_by(*claim_order()).limit(first))).all())
 
@@ -375,8 +384,6 @@ async def restore_task(session: AsyncSession, task_id: int, *, actor: str | None
     if task is None:
         raise NotFound(f"task {task_id} does not exist")
     if task.deleted_at is not None:
-        from .projects import require_project
-
         await require_project(session, task.project_id)
         task.deleted_at = None
         task.updated_at = utcnow()
@@ -409,6 +416,45 @@ async def hard_delete_task(session: AsyncSession, task_id: int, *, actor: str | 
         if agent is not None:
             await refresh_status(session, agent)
     return dependents
+
+
+async def leases_due(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[tuple[int, int | None]]:
+    """(task id, assignee id) of active tasks whose lease ran out before `now`, unlocked:
+    the caller locks each and checks again (lease_overdue)."""
+    rows = await session.execute(
+        select(Task.id, Task.assignee_id)
+        .where(Task.status.in_(ACTIVE_STATUSES), Task.lease_expires_at < now)
+        .limit(limit)
+    )
+    return [(task_id, agent_id) for task_id, agent_id in rows]
+
+
+def lease_overdue(task: Task, now: datetime) -> bool:
+    """Whether the (locked) task's lease has run out at `now`."""
+    return task.status in ACTIVE_STATUSES and task.lease_expires_at is not None and task.lease_expires_at < now
+
+
+def run_deadline(task: Task, default_minutes: int) -> datetime | None:
+    """When a RUNNING task times out: started_at + timeoutMinutes (or the default)."""
+    if task.status != TaskStatus.RUNNING or task.started_at is None or task.deleted_at is not None:
+        return None
+    return task.started_at + timedelta(minutes=task.timeout_minutes or default_minutes)
+
+
+async def timeouts_due(session: AsyncSession, *, now: datetime, default_minutes: int) -> list[tuple[int, int | None]]:
+    """(task id, assignee id) of live RUNNING tasks that ran longer than their
+    timeoutMinutes (or `default_minutes`) at `now`, unlocked: the caller locks each and
+    checks again (run_deadline)."""
+    rows = await session.execute(
+        select(Task.id, Task.assignee_id, Task.started_at, Task.timeout_minutes).where(
+            Task.status == TaskStatus.RUNNING.value, Task.deleted_at.is_(None)
+        )
+    )
+    return [
+        (task_id, agent_id)
+        for task_id, agent_id, started, minutes in rows
+        if started is not None and started + timedelta(minutes=minutes or default_minutes) < now
+    ]
 
 
 async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> tuple[int, list[int]]:

@@ -20,6 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .base import dialect_name
+
 CONVERTED_AT = "0001"
 V1_TABLES = ("projects", "tasks", "task_logs", "agents", "agent_channels", "task_type_defaults", "idempotency_keys")
 V1_STATUSES = ("pending", "assigned", "running", "reviewing", "completed", "failed", "cancelled", "rejected")
@@ -80,9 +82,9 @@ _HAS_ALEMBIC = "SELECT to_regclass('alembic_version') IS NOT NULL"
 
 async def looks_like_v1(session: AsyncSession) -> bool:
     """The database has the v1 service's tasks and task_logs tables (PostgreSQL only)."""
-    if session.bind.dialect.name != "postgresql":
+    if dialect_name(session) != "postgresql":
         return False
-    return (await session.scalar(text(_DETECT))) == 2
+    return bool((await session.scalar(text(_DETECT))) == 2)
 
 
 def is_v1_sync(connection: Connection) -> bool:

@@ -20,11 +20,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from broadcaster import Broadcast
+
+from ..db.effects import PresenceChange
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +35,83 @@ PING_INTERVAL = 1.0
 PING_TIMEOUT = 3.0
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True)
+class PresenceSignal:
+    """A presence change as this process heard it. `n` numbers the changes the process
+    heard, so every local listener (and events/snapshots.py) names the same change alike."""
+
+    n: int
+    change: PresenceChange
+
+
+class PresenceBatch(NamedTuple):
+    """The presence changes a listener heard since it last asked."""
+
+    changes: list[PresenceSignal]
+    overflowed: bool  # more arrived than the listener keeps: some were dropped
+    resync: bool  # the bus reconnected: changes sent meanwhile were lost
+
+    @property
+    def complete(self) -> bool:
+        return not (self.overflowed or self.resync)
+
+
 class Listener:
-    """A local subscriber's mailbox: the newest horizon seen, and a wake-up flag."""
+    """A local subscriber's mailbox: the newest horizon seen, the presence changes heard,
+    whether the bus reconnected since, and a wake-up flag. The bus delivers (advance, hear,
+    request_resync); the subscriber waits and takes."""
 
-    horizon: int = 0
-    resync: bool = False
-    presence: list[dict[str, Any]] = field(default_factory=list)
-    wants_presence: bool = False
-    max_presence: int = 1000
-    overflowed: bool = False
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, *, horizon: int = 0, wants_presence: bool = False, max_presence: int = 1000):
+        self._horizon = horizon
+        self._resync = False
+        self._presence: list[PresenceSignal] = []
+        self._overflowed = False
+        self.wants_presence = wants_presence
+        self._max_presence = max_presence
+        self._wake = asyncio.Event()
 
-    def signal(self) -> None:
+    # -- the bus's side --------------------------------------------------------------
+
+    def advance(self, horizon: int) -> None:
+        if horizon > self._horizon:
+            self._horizon = horizon
         self._wake.set()
+
+    def hear(self, signal: PresenceSignal) -> None:
+        if not self.wants_presence:
+            return
+        if len(self._presence) >= self._max_presence:
+            self._overflowed = True
+        else:
+            self._presence.append(signal)
+        self._wake.set()
+
+    def request_resync(self) -> None:
+        self._resync = True
+        self._wake.set()
+
+    # -- the subscriber's side -------------------------------------------------------
+
+    @property
+    def horizon(self) -> int:
+        """The highest sequenced cursor this listener has been told of."""
+        return self._horizon
+
+    @property
+    def resync_pending(self) -> bool:
+        return self._resync
+
+    def take_resync(self) -> bool:
+        """Whether the bus reconnected since the last call (signals may have been lost)."""
+        resync, self._resync = self._resync, False
+        return resync
+
+    def take_presence(self) -> PresenceBatch:
+        """The presence changes heard since the last call, oldest first; clears them (and
+        the overflow and resync marks)."""
+        batch = PresenceBatch(self._presence, self._overflowed, self._resync)
+        self._presence, self._overflowed, self._resync = [], False, False
+        return batch
 
     async def wait(self, timeout: float) -> bool:
         """Sleep until signalled (True) or until `timeout` passes (False)."""
@@ -57,6 +122,26 @@ class Listener:
             return False
         self._wake.clear()
         return True
+
+
+def _presence_message(change: PresenceChange) -> dict[str, Any]:
+    return {
+        "agentId": change.agent_id,
+        "name": change.name,
+        "previous": change.previous,
+        "status": change.status,
+        "at": change.at.isoformat(),
+    }
+
+
+def _presence_from(message: dict[str, Any]) -> PresenceChange:
+    return PresenceChange(
+        agent_id=int(message["agentId"]),
+        name=str(message["name"]),
+        previous=message.get("previous"),
+        status=str(message["status"]),
+        at=datetime.fromisoformat(message["at"]),
+    )
 
 
 class EventBus:
@@ -74,8 +159,8 @@ class EventBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._pong = asyncio.Event()
         self._ping_id = ""
-        self._on_resync: list[Callable[[], None]] = []
         self._origin = uuid.uuid4().hex
+        self._presence_heard = 0
 
     @property
     def listener_count(self) -> int:
@@ -137,7 +222,8 @@ class EventBus:
     async def _read(self, broadcast: Broadcast, subscribed: asyncio.Event) -> None:
         async with broadcast.subscribe(CHANNEL) as subscriber:
             subscribed.set()
-            async for event in subscriber:  # type: ignore[attr-defined]
+            # broadcaster declares Subscriber.__aiter__ as returning an optional generator.
+            async for event in subscriber:  # type: ignore[union-attr]
                 if event is None:
                     return
                 self._dispatch(event.message)
@@ -196,9 +282,11 @@ class EventBus:
         self._advance(horizon)
         await self._safe_publish({"k": "seq", "n": horizon})
 
-    async def publish_presence(self, change: dict[str, Any]) -> None:
+    async def publish_presence(self, change: PresenceChange) -> None:
+        """Tell every process's presence listeners that an agent's status changed (local
+        listeners directly)."""
         self._deliver_presence(change)
-        await self._safe_publish({"k": "presence", "origin": self._origin, **change})
+        await self._safe_publish({"k": "presence", "origin": self._origin, **_presence_message(change)})
 
     async def _safe_publish(self, message: dict[str, Any]) -> None:
         try:
@@ -221,9 +309,12 @@ class EventBus:
         elif kind == "seq":
             self._advance(int(message.get("n", 0)))
         elif kind == "presence" and message.get("origin") != self._origin:
-            message.pop("k", None)
-            message.pop("origin", None)
-            self._deliver_presence(message)
+            try:
+                change = _presence_from(message)
+            except (KeyError, TypeError, ValueError):
+                log.warning("event bus: ignored a malformed presence message")
+                return
+            self._deliver_presence(change)
 
     def note_horizon(self, horizon: int) -> None:
         """A horizon read from the database (a subscriber's poll): wake local listeners."""
@@ -234,29 +325,18 @@ class EventBus:
             return
         self.horizon = horizon
         for listener in self._listeners:
-            listener.horizon = max(listener.horizon, horizon)
-            listener.signal()
+            listener.advance(horizon)
 
-    def _deliver_presence(self, change: dict[str, Any]) -> None:
+    def _deliver_presence(self, change: PresenceChange) -> None:
+        self._presence_heard += 1
+        signal = PresenceSignal(self._presence_heard, change)
         for listener in self._listeners:
-            if not listener.wants_presence:
-                continue
-            if len(listener.presence) >= listener.max_presence:
-                listener.overflowed = True
-            else:
-                listener.presence.append(change)
-            listener.signal()
+            listener.hear(signal)
 
     def _resync_all(self) -> None:
         self.resynced_at = time.monotonic()
         for listener in self._listeners:
-            listener.resync = True
-            listener.signal()
-        for callback in self._on_resync:
-            callback()
-
-    def on_resync(self, callback: Callable[[], None]) -> None:
-        self._on_resync.append(callback)
+            listener.request_resync()
 
     # -- local listeners -----------------------------------------------------------
 

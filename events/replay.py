@@ -18,17 +18,20 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.events import list_events
 from ..db.health import unreachable
 from ..db.models import TaskEvent
 from ..errors import DomainError, ErrorCode
-from ..services import Services
+from .bus import EventBus
+from .tail import LogTail
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +39,19 @@ T = TypeVar("T")
 PAGE = 500
 SAFETY_POLL_SECONDS = 5.0
 DEFAULT_MAX_LAG = 10_000
+
+
+class EventLog(Protocol):
+    """What following the log needs, passed in by the caller (services.Services is one):
+    the bus that signals new horizons, the process's tail, and short read sessions."""
+
+    @property
+    def bus(self) -> EventBus: ...
+
+    @property
+    def tail(self) -> LogTail: ...
+
+    def read(self) -> AbstractAsyncContextManager[AsyncSession]: ...
 
 
 class SubscriberTooSlow(DomainError):
@@ -73,10 +89,10 @@ async def until_answered(read: Callable[[], Awaitable[T]]) -> T:
 
 
 async def follow_events(
-    services: Services, *, after: int | None, where: EventFilter, max_lag: int = DEFAULT_MAX_LAG
+    source: EventLog, *, after: int | None, where: EventFilter, max_lag: int = DEFAULT_MAX_LAG
 ) -> AsyncIterator[TaskEvent]:
     """Yield stamped events with seq > after (or from now when after is None), in order."""
-    bus, tail = services.bus, services.tail
+    bus, tail = source.bus, source.tail
     with bus.listen() as listener:
         # Any refresh that began after we started listening gives a valid starting point:
         # later events wake us. Subscribers arriving together share one query.
@@ -108,25 +124,24 @@ async def follow_events(
                     rows, next_cursor = tail.read(cursor, where.matches, PAGE, upto=horizon)
                 else:
                     # Behind the window (a replay or a slow client): read the log itself.
-                    rows = await until_answered(partial(_read_log, services, where, cursor, horizon))
+                    rows = await until_answered(partial(_read_log, source, where, cursor, horizon))
                     next_cursor = horizon if len(rows) < PAGE else (rows[-1].seq or cursor)
                 for row in rows:
                     yield row
                     cursor = row.seq or cursor
                 cursor = max(cursor, next_cursor)
             since = None
-            if listener.horizon <= cursor and not listener.resync:
+            if listener.horizon <= cursor and not listener.resync_pending:
                 # Woken by the bus; the timeout is a safety poll of the database's horizon.
                 if not await listener.wait(SAFETY_POLL_SECONDS):
                     since = time.monotonic() - SAFETY_POLL_SECONDS / 2
-            if listener.resync:
-                listener.resync = False
+            if listener.take_resync():
                 since = bus.resynced_at
 
 
-async def _read_log(services: Services, where: EventFilter, cursor: int, horizon: int) -> list[TaskEvent]:
-    async with services.read() as session:
-        return await list_events(
+async def _read_log(source: EventLog, where: EventFilter, cursor: int, horizon: int) -> list[TaskEvent]:
+    async with source.read() as session:
+        rows = await list_events(
             session,
             after=cursor,
             upto=horizon,
@@ -135,3 +150,4 @@ async def _read_log(services: Services, where: EventFilter, cursor: int, horizon
             agent_id=where.agent_id,
             limit=PAGE,
         )
+    return list(rows)

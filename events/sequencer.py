@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.events import stamp_events
 from ..db.health import problem
@@ -27,12 +27,14 @@ from ..observability.logs import FailureLog
 log = logging.getLogger(__name__)
 
 SequencedCallback = Callable[[int], Awaitable[None]]
+# How long a writer waits after its commit for its events to be stamped (read-your-writes).
+SYNC_TIMEOUT = 5.0
 
 
 class Sequencer:
     def __init__(
         self,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        sessionmaker: Callable[[], AsyncSession],
         *,
         poll_interval: float = 1.0,
         on_sequenced: SequencedCallback | None = None,
@@ -61,16 +63,27 @@ class Sequencer:
     def wake(self) -> None:
         self._wake.set()
 
-    async def sync(self, timeout: float = 5.0) -> None:
-        """Wait until a pass that started after this call has finished (or timeout)."""
+    async def sync(self, timeout: float = SYNC_TIMEOUT) -> bool:
+        """Wait until a pass that started after this call has finished: the events committed
+        before the call are then stamped and announced. Returns False, with a warning in
+        the log, when that takes longer than `timeout` (the writer goes on; its events reach
+        subscribers with the sequencer's next pass)."""
         if self._task is None:
             await self.stamp_once()
-            return
+            return True
         target = self._passes_started + 1
         self.wake()
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(timeout), self._done:
                 await self._done.wait_for(lambda: self._passes_done >= target)
+        except TimeoutError:
+            log.warning(
+                "event sequencer: no pass finished within %.1fs of a commit; its events reach "
+                "subscribers late (a long stamping transaction, or the database is slow or unreachable)",
+                timeout,
+            )
+            return False
+        return True
 
     async def stamp_once(self) -> int:
         async with self._sessionmaker() as session, session.begin():

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from .bus import EventBus
@@ -31,6 +32,10 @@ class _Feed(Generic[T]):
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     starting: asyncio.Lock = field(default_factory=asyncio.Lock)
     producer: asyncio.Task[None] | None = None
+
+
+def _moved(feed: _Feed[Any], seen: int) -> bool:
+    return feed.version != seen
 
 
 class StatsHub(Generic[T]):
@@ -64,7 +69,7 @@ class StatsHub(Generic[T]):
             yield feed.value
             while True:
                 async with feed.changed:
-                    await feed.changed.wait_for(lambda seen=seen: feed.version != seen)
+                    await feed.changed.wait_for(partial(_moved, feed, seen))
                 seen = feed.version
                 assert feed.value is not None
                 yield feed.value
@@ -84,8 +89,7 @@ class StatsHub(Generic[T]):
             while True:
                 if not await listener.wait(IDLE_POLL_SECONDS):
                     continue
-                listener.presence.clear()
-                listener.overflowed = False
+                listener.take_presence()  # a wake-up is all the producer needs of it
                 started = loop.time()
                 try:
                     value = await self._compute(key)

@@ -17,17 +17,16 @@ import bisect
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.events import max_seq
+from ..db.events import list_events, max_seq
 from ..db.models import TaskEvent
 
 REFRESH_LIMIT = 2000
 
 
 class LogTail:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, capacity: int = 10_000):
+    def __init__(self, sessionmaker: Callable[[], AsyncSession], *, capacity: int = 10_000):
         self._sessionmaker = sessionmaker
         self._capacity = capacity
         self._seqs: list[int] = []
@@ -59,16 +58,7 @@ class LogTail:
                     self._last_started = began
                     return self.end
                 while True:
-                    rows = list(
-                        (
-                            await session.scalars(
-                                select(TaskEvent)
-                                .where(TaskEvent.seq > self.end)
-                                .order_by(TaskEvent.seq)
-                                .limit(REFRESH_LIMIT)
-                            )
-                        ).all()
-                    )
+                    rows = await list_events(session, after=self.end, limit=REFRESH_LIMIT)
                     self.refreshes += 1
                     for row in rows:
                         assert row.seq is not None

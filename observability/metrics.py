@@ -151,7 +151,7 @@ class Metrics:
         build.labels(version).set(1)
         ProcessCollector(registry=r)
         self._snapshot = _SnapshotCollector()
-        r.register(self._snapshot)  # type: ignore[arg-type]
+        r.register(self._snapshot)
         self._names: set[str] = set()
         self._render_lock = threading.Lock()
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import strawberry
-from sqlalchemy import delete
 
-from ..db import agents as db
+from ..db import agents as db_agents
 from ..db.lifecycle import release_all
-from ..db.models import Agent as AgentRow
 from ..errors import NotFound
+from ..schema import validate
 from ..schema.agents import Agent, AgentRegistration, RegisterAgentInput
 from ..schema.enums import AgentStatus
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]
@@ -22,7 +20,7 @@ class AgentQuery:
     @strawberry.field
     async def agent(self, info: Info, name: str) -> Agent | None:
         async with info.context.services.read() as session:
-            row = await db.get_agent(session, name)
+            row = await db_agents.get_agent(session, name)
         return Agent.from_row(row) if row is not None else None
 
     @strawberry.field
@@ -34,7 +32,7 @@ class AgentQuery:
         include_deleted: bool | None = False,
     ) -> list[Agent]:
         async with info.context.services.read() as session:
-            rows = await db.list_agents(
+            rows = await db_agents.list_agents(
                 session, status=status.value if status else None, skill=skill, include_deleted=bool(include_deleted)
             )
         return [Agent.from_row(row) for row in rows]
@@ -50,7 +48,7 @@ class AgentMutation:
         skills = validate.labels(input.skills, "skills")
         limit = validate.int_range(input.max_concurrent_tasks, "maxConcurrentTasks", 1, 1000)
         async with info.context.services.transaction() as session:
-            row, token = await db.register_agent(
+            row, token = await db_agents.register_agent(
                 session,
                 name=name,
                 role=role,
@@ -65,8 +63,8 @@ class AgentMutation:
     async def heartbeat(self, info: Info, agent: str | None = None) -> Agent:
         name = info.context.caller.acting_agent(agent)
         async with info.context.services.transaction() as session:
-            row = await db.require_agent(session, name, lock=True)
-            await db.touch(session, row, lease_seconds=info.context.settings.lease)
+            row = await db_agents.require_agent(session, name, lock=True)
+            await db_agents.touch(session, row, lease_seconds=info.context.services.policy.lease_seconds)
         return Agent.from_row(row)
 
     @strawberry.mutation(description="Its active tasks return to PENDING; hard: true erases the agent.")
@@ -77,31 +75,26 @@ class AgentMutation:
             caller.require_admin("hard-delete an agent")
         actor = caller.actor
         async with info.context.services.transaction() as session:
-            row = await db.get_agent(session, name)
+            row = await db_agents.get_agent(session, name)
             if row is None:
                 raise NotFound(f"agent '{name}' is not registered")
-            row = await db.lock_agent_by_id(session, row.id)
+            row = await db_agents.lock_agent_by_id(session, row.id)
             assert row is not None
             await release_all(session, row, reason=f"agent '{name}' was unregistered", actor=actor)
             if hard:
-                await session.execute(delete(AgentRow).where(AgentRow.id == row.id))
+                await db_agents.hard_delete_agent(session, row.id)
             else:
-                row.deleted_at = row.deleted_at or db.utcnow()
-                row.token_hash = None
-                await db.refresh_status(session, row, offline=True)
+                await db_agents.soft_delete_agent(session, row)
         return True
 
     @strawberry.mutation
     async def restore_agent(self, info: Info, name: str) -> Agent:
         info.context.caller.require_self(name, "restore")
         async with info.context.services.transaction() as session:
-            row = await db.get_agent(session, name)
+            row = await db_agents.get_agent(session, name)
             if row is None:
                 raise NotFound(f"agent '{name}' does not exist")
-            row = await db.lock_agent_by_id(session, row.id)
+            row = await db_agents.lock_agent_by_id(session, row.id)
             assert row is not None
-            if row.deleted_at is not None:
-                row.deleted_at = None
-                row.last_heartbeat_at = db.utcnow()
-                await db.refresh_status(session, row)
+            await db_agents.restore_agent(session, row)
         return Agent.from_row(row)

@@ -21,8 +21,8 @@ from enum import StrEnum
 from ..db import agents as db_agents
 from ..db.base import utcnow
 from ..errors import BadInput, Forbidden
+from ..schema import validate
 from ..services import Services
-from . import validate
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Caller:
     @property
     def scope(self) -> Hashable:
         """What this caller may see, as a key: subscription results executed once are shared
-        only between subscribers with the same scope (schema/shared_results.py). Per agent,
+        only between subscribers with the same scope (api/shared_results.py). Per agent,
         not per role, so that no field can ever depend on who is asking without it showing."""
         return (self.role.value, self.agent_id)
 
@@ -188,4 +188,4 @@ async def _heartbeat(services: Services, agent_id: int) -> None:
     async with services.transaction() as session:
         agent = await db_agents.lock_agent_by_id(session, agent_id)
         if agent is not None and agent.deleted_at is None:
-            await db_agents.touch(session, agent, lease_seconds=services.settings.lease)
+            await db_agents.touch(session, agent, lease_seconds=services.policy.lease_seconds)

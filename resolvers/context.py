@@ -41,7 +41,7 @@ class Context:
 
     @property
     def shared_results(self) -> SingleFlight[Any]:
-        """Subscription results rendered once per event for all subscribers (schema/shared_results.py)."""
+        """Subscription results rendered once per event for all subscribers (api/shared_results.py)."""
         return self.services.shared_results
 
     @property

@@ -4,43 +4,61 @@ retry and cancel. Each runs one transaction: idempotency key, agent lock, transi
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any, overload
 
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.scalars import JSON
 
 from ..db import agents as db_agents
-from ..db import idempotency
-from ..db import lifecycle as db
+from ..db import idempotency as db_idempotency
+from ..db import lifecycle as db_lifecycle
 from ..db.models import Agent
 from ..db.models import Task as TaskRow
 from ..db.tasks import get_task
 from ..errors import BadInput
+from ..schema import validate
 from ..schema.tasks import Task
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]
+# What a mutation does in its transaction, with the acting agent's row locked: an agent's
+# own action gets the agent (run() is given its name), the others None or the agent.
+AgentAction = Callable[[AsyncSession, Agent], Awaitable[TaskRow]]
 Action = Callable[[AsyncSession, Agent | None], Awaitable[TaskRow]]
 
 
-def policy(info: Info) -> db.Policy:
-    s = info.context.settings
-    return db.Policy(
-        lease_seconds=s.lease,
-        backoff_seconds=s.retry_backoff_seconds,
-        backoff_max_seconds=s.retry_backoff_max_seconds,
-    )
+def policy(info: Info) -> db_lifecycle.Policy:
+    """The lease and retry rules (built once from settings, on Services)."""
+    return info.context.services.policy
+
+
+@overload
+async def run(
+    info: Info, operation: str, action: AgentAction, *, agent: str, key: str | None, caller: str | None = None
+) -> TaskRow: ...
+
+
+@overload
+async def run(
+    info: Info, operation: str, action: Action, *, agent: str | None, key: str | None, caller: str | None = None
+) -> TaskRow: ...
 
 
 async def run(
-    info: Info, operation: str, action: Action, *, agent: str | None, key: str | None, caller: str | None = None
+    info: Info,
+    operation: str,
+    action: Callable[[AsyncSession, Any], Awaitable[TaskRow]],
+    *,
+    agent: str | None,
+    key: str | None,
+    caller: str | None = None,
 ) -> TaskRow:
     """One transaction: replay an idempotent repeat, else lock the agent (if any) and act."""
     who = caller or info.context.caller.idempotency_owner(agent)
     async with info.context.services.transaction() as session:
         if key is not None:
-            prior = await idempotency.claim_key(session, caller=who, key=key, operation=operation)
+            prior = await db_idempotency.claim_key(session, caller=who, key=key, operation=operation)
             if prior is not None:
                 row = await get_task(session, prior)
                 if row is None:
@@ -49,7 +67,7 @@ async def run(
         locked = await db_agents.require_agent(session, agent, lock=True) if agent is not None else None
         task = await action(session, locked)
         if key is not None:
-            await idempotency.remember(session, caller=who, key=key, task_id=task.id)
+            await db_idempotency.remember(session, caller=who, key=key, task_id=task.id)
     return task
 
 
@@ -61,7 +79,11 @@ class LifecycleMutation:
     ) -> Task:
         task_id, name = validate.parse_id(id), info.context.caller.acting_agent(agent)
         row = await run(
-            info, "claimTask", lambda s, a: db.claim(s, task_id, a, policy(info)), agent=name, key=idempotency_key
+            info,
+            "claimTask",
+            lambda s, a: db_lifecycle.claim(s, task_id, a, policy(info)),
+            agent=name,
+            key=idempotency_key,
         )
         info.context.services.metrics.claims.labels("claimTask").inc()
         return Task.from_row(row)
@@ -79,7 +101,7 @@ class LifecycleMutation:
         labels = validate.labels(tags, "tags")
         async with info.context.services.transaction() as session:
             locked = await db_agents.require_agent(session, name, lock=True)
-            row = await db.claim_next(session, locked, policy(info), project_id=pid, tags=labels)
+            row = await db_lifecycle.claim_next(session, locked, policy(info), project_id=pid, tags=labels)
         metrics = info.context.services.metrics
         if row is None:
             metrics.claims_empty.inc()
@@ -100,7 +122,7 @@ class LifecycleMutation:
         row = await run(
             info,
             "startTask",
-            lambda s, a: db.start(s, task_id, a, policy(info), attempt=attempt),
+            lambda s, a: db_lifecycle.start(s, task_id, a, policy(info), attempt=attempt),
             agent=name,
             key=idempotency_key,
         )
@@ -122,7 +144,7 @@ class LifecycleMutation:
         row = await run(
             info,
             "reportProgress",
-            lambda s, a: db.report_progress(
+            lambda s, a: db_lifecycle.report_progress(
                 s, task_id, a, policy(info), progress=progress, message=message, attempt=attempt
             ),
             agent=name,
@@ -146,7 +168,9 @@ class LifecycleMutation:
         row = await run(
             info,
             "submitTask",
-            lambda s, a: db.submit(s, task_id, a, policy(info), result=result, summary=summary, attempt=attempt),
+            lambda s, a: db_lifecycle.submit(
+                s, task_id, a, policy(info), result=result, summary=summary, attempt=attempt
+            ),
             agent=name,
             key=idempotency_key,
         )
@@ -167,7 +191,7 @@ class LifecycleMutation:
         row = await run(
             info,
             "releaseTask",
-            lambda s, a: db.release(s, task_id, a, policy(info), reason=reason, attempt=attempt),
+            lambda s, a: db_lifecycle.release(s, task_id, a, policy(info), reason=reason, attempt=attempt),
             agent=name,
             key=idempotency_key,
         )
@@ -189,7 +213,7 @@ class LifecycleMutation:
         row = await run(
             info,
             "failTask",
-            lambda s, a: db.fail(
+            lambda s, a: db_lifecycle.fail(
                 s, task_id, a, policy(info), error=error, retryable=retryable is not False, attempt=attempt
             ),
             agent=name,
@@ -213,7 +237,7 @@ class LifecycleMutation:
         row = await run(
             info,
             "reviewTask",
-            lambda s, _: db.review(s, task_id, reviewer=who, approved=approved, feedback=feedback),
+            lambda s, _: db_lifecycle.review(s, task_id, reviewer=who, approved=approved, feedback=feedback),
             agent=None,
             key=idempotency_key,
             caller=info.context.caller.idempotency_owner(who),
@@ -226,7 +250,7 @@ class LifecycleMutation:
         row = await run(
             info,
             "retryTask",
-            lambda s, _: db.retry(s, task_id, actor=info.context.caller.actor),
+            lambda s, _: db_lifecycle.retry(s, task_id, actor=info.context.caller.actor),
             agent=None,
             key=idempotency_key,
         )
@@ -241,7 +265,7 @@ class LifecycleMutation:
         row = await run(
             info,
             "cancelTask",
-            lambda s, _: db.cancel(
+            lambda s, _: db_lifecycle.cancel(
                 s, task_id, reason=reason, actor=info.context.caller.actor, as_agent=info.context.caller.agent_id
             ),
             agent=None,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db import projects as db
+from ..db import projects as db_projects
+from ..errors import BadInput
+from ..schema import validate
 from ..schema.enums import ProjectStatus
 from ..schema.projects import CreateProjectInput, Project, UpdateProjectInput
-from . import validate
 from .auth import Caller
 from .context import Context
 
@@ -20,7 +21,7 @@ class ProjectQuery:
     @strawberry.field
     async def project(self, info: Info, id: strawberry.ID) -> Project | None:
         async with info.context.services.read() as session:
-            row = await db.get_project(session, validate.parse_id(id))
+            row = await db_projects.get_project(session, validate.parse_id(id))
         return Project.from_row(row) if row is not None else None
 
     @strawberry.field
@@ -28,7 +29,7 @@ class ProjectQuery:
         self, info: Info, status: ProjectStatus | None = None, include_deleted: bool | None = False
     ) -> list[Project]:
         async with info.context.services.read() as session:
-            rows = await db.list_projects(
+            rows = await db_projects.list_projects(
                 session, status=status.value if status else None, include_deleted=bool(include_deleted)
             )
         return [Project.from_row(row) for row in rows]
@@ -39,7 +40,7 @@ async def _may_change(session: AsyncSession, caller: Caller, project_id: int, *,
     if hard:
         caller.require_admin(f"{action} a project for good (hard: true)")
     if caller.is_agent:
-        caller.require_creator(await db.project_creator(session, project_id), f"project {project_id}", action)
+        caller.require_creator(await db_projects.project_creator(session, project_id), f"project {project_id}", action)
 
 
 @strawberry.type
@@ -49,7 +50,7 @@ class ProjectMutation:
         name = validate.name(input.name, "name")
         description = validate.description(input.description)
         async with info.context.services.transaction() as session:
-            row = await db.create_project(
+            row = await db_projects.create_project(
                 session,
                 name=name or "",
                 description=description,
@@ -67,12 +68,12 @@ class ProjectMutation:
             changes["description"] = validate.description(input.description)
         if input.status is not strawberry.UNSET:
             if input.status is None:
-                raise validate.BadInput("status cannot be null; omit it to keep the current status")
+                raise BadInput("status cannot be null; omit it to keep the current status")
             changes["status"] = input.status.value
         project_id = validate.parse_id(id)
         async with info.context.services.transaction() as session:
             await _may_change(session, info.context.caller, project_id, hard=False, action="change")
-            row = await db.update_project(session, project_id, **changes)
+            row = await db_projects.update_project(session, project_id, **changes)
         return Project.from_row(row)
 
     @strawberry.mutation(description="Soft delete hides the project and its tasks; hard: true erases them.")
@@ -81,9 +82,9 @@ class ProjectMutation:
         async with info.context.services.transaction() as session:
             await _may_change(session, info.context.caller, project_id, hard=bool(hard), action="delete")
             if hard:
-                await db.hard_delete_project(session, project_id)
+                await db_projects.hard_delete_project(session, project_id)
             else:
-                await db.soft_delete_project(session, project_id, actor=info.context.caller.actor)
+                await db_projects.soft_delete_project(session, project_id, actor=info.context.caller.actor)
         return True
 
     @strawberry.mutation
@@ -91,5 +92,5 @@ class ProjectMutation:
         project_id = validate.parse_id(id)
         async with info.context.services.transaction() as session:
             await _may_change(session, info.context.caller, project_id, hard=False, action="restore")
-            row = await db.restore_project(session, project_id, actor=info.context.caller.actor)
+            row = await db_projects.restore_project(session, project_id, actor=info.context.caller.actor)
         return Project.from_row(row)

@@ -7,48 +7,20 @@ from typing import Any
 import strawberry
 
 from ..db import events as db_events
-from ..db import stats as db
-from ..db.base import utcnow
-from ..db.projects import require_project
+from ..db import stats as db_stats
+from ..schema import validate
 from ..schema.events import TaskEvent
-from ..schema.stats import AgentCounts, DashboardStats, DeletedCounts, ProjectCounts, TaskCounts
+from ..schema.stats import DashboardStats
 from ..services import Services
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]
-RECENT_EVENTS = 50
 
 
 async def compute_stats(services: Services, project_id: int | None) -> DashboardStats:
     async with services.read() as session:
-        if project_id is not None:
-            await require_project(session, project_id)
-        tasks = await db.task_counts(session, project_id)
-        agents = await db.agent_counts(session)
-        projects = await db.project_counts(session)
-        deleted = await db.deleted_counts(session, project_id)
-        recent = await db_events.list_events(session, project_id=project_id, limit=RECENT_EVENTS, newest_first=True)
-    return DashboardStats(
-        projects=ProjectCounts(**projects),
-        tasks=TaskCounts(
-            total=tasks["total"],
-            pending=tasks["PENDING"],
-            ready=tasks["ready"],
-            assigned=tasks["ASSIGNED"],
-            running=tasks["RUNNING"],
-            reviewing=tasks["REVIEWING"],
-            completed=tasks["COMPLETED"],
-            failed=tasks["FAILED"],
-            cancelled=tasks["CANCELLED"],
-        ),
-        agents=AgentCounts(
-            total=sum(agents.values()), online=agents["ONLINE"], busy=agents["BUSY"], offline=agents["OFFLINE"]
-        ),
-        deleted=DeletedCounts(**deleted),
-        generated_at=utcnow(),
-        recent=[TaskEvent.from_row(r) for r in recent],
-    )
+        counts = await db_stats.dashboard_counts(session, project_id)
+    return DashboardStats.from_counts(counts)
 
 
 async def dashboard_stats_json(services: Services, project_id: str | None) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -18,13 +17,13 @@ from ..db import agents as db_agents
 from ..db.base import utcnow
 from ..errors import DomainError, ErrorCode, NotFound
 from ..events.replay import EventFilter, SubscriberTooSlow, follow_events, until_answered
+from ..schema import validate
 from ..schema.agents import Agent, AgentPresenceEvent
 from ..schema.enums import AgentStatus, TaskStatus
 from ..schema.events import TaskEvent
-from ..schema.shared_results import share
+from ..schema.sharing import share
 from ..schema.stats import DashboardStats
 from ..schema.tasks import Task
-from . import validate
 from .context import Context
 
 Info = strawberry.Info[Context, None]
@@ -138,37 +137,34 @@ class Subscription:
                     yield event
                 while True:
                     await listener.wait(PRESENCE_POLL_SECONDS)
-                    if listener.overflowed or listener.resync:
+                    batch = listener.take_presence()
+                    if not batch.complete:
                         # Changes may have been missed (bus outage, burst): report the
                         # difference between what we last told and the database now.
-                        if listener.overflowed:
-                            services.metrics.events_dropped.labels("agentPresence", "overflow").inc(
-                                len(listener.presence)
-                            )
-                        listener.overflowed = listener.resync = False
-                        listener.presence.clear()
+                        if batch.overflowed:
+                            services.metrics.events_dropped.labels("agentPresence", "overflow").inc(len(batch.changes))
                         for event in await _presence_snapshot(info, name, known, only_changes=True):
                             delivered.inc()
                             yield event
                         continue
-                    changes, listener.presence = listener.presence, []
-                    for change in changes:
-                        if name is not None and change["name"] != name:
+                    for signal in batch.changes:
+                        change = signal.change
+                        if name is not None and change.name != name:
                             continue
-                        async with services.read() as session:
-                            agent = await db_agents.get_agent(session, change["name"])
+                        # One load per change for all this process's subscribers.
+                        agent = await services.agent_snapshots.after(signal.n, change.agent_id)
                         if agent is None:
                             continue
-                        previous = known.get(agent.id, change.get("previous"))
-                        if previous == change["status"]:
+                        previous = known.get(agent.id, change.previous)
+                        if previous == change.status:
                             continue
-                        known[agent.id] = change["status"]
+                        known[agent.id] = change.status
                         delivered.inc()
                         yield AgentPresenceEvent(
                             agent=Agent.from_row(agent),
                             previous_status=AgentStatus(previous) if previous else None,
-                            status=AgentStatus(change["status"]),
-                            at=datetime.fromisoformat(change["at"]),
+                            status=AgentStatus(change.status),
+                            at=change.at,
                         )
 
     @strawberry.subscription(description="First the current stats, then fresh stats after changes (about 2/s at most).")
@@ -179,9 +175,9 @@ class Subscription:
         async with _slot(info, "dashboardStats") as delivered:
             stream: Any = info.context.services.stats_hub.subscribe(key)
             try:
-                async for stats in stream:
+                async for counts in stream:
                     delivered.inc()
-                    yield stats
+                    yield DashboardStats.from_counts(counts)
             finally:
                 await stream.aclose()
 

@@ -2,61 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db import agents as db_agents
-from ..db import dependencies as db_deps
-from ..db import tasks as db
+from ..db import dependencies as db_dependencies
+from ..db import tasks as db_tasks
 from ..db.lifecycle import matching_skill_sets
 from ..errors import BadInput, CycleDetected
-from ..schema.tasks import CreateTaskInput, PageInfo, Task, TaskConnection, TaskFilter, UpdateTaskInput
-from . import validate
+from ..schema import validate
+from ..schema.tasks import CreateTaskInput, Task, TaskConnection, TaskFilter, UpdateTaskInput, task_connection
 from .auth import Caller
 from .context import Context
 
 Info = strawberry.Info[Context, None]
-
-
-async def _task_query(info: Info, f: TaskFilter | None, *, project_id: int | None = None) -> db.TaskQuery | None:
-    """The filter as a TaskQuery, or None when it cannot match anything (unknown agent)."""
-    f = f or TaskFilter()
-    q = db.TaskQuery(
-        project_id=project_id if project_id is not None else validate.optional_id(f.project_id, "filter.projectId"),
-        statuses=[s.value for s in f.status] if f.status else None,
-        task_type=f.task_type,
-        tags=validate.labels(f.tags, "filter.tags"),
-        search=validate.text(f.search, "filter.search", limit=200),
-        ready_only=bool(f.ready_only),
-        include_deleted=bool(f.include_deleted),
-    )
-    if f.assignee is not None:
-        async with info.context.services.read() as session:
-            agent = await db_agents.get_agent(session, f.assignee)
-        if agent is None:
-            return None
-        q.assignee_id = agent.id
-    return q
-
-
-async def task_connection(
-    info: Info, f: TaskFilter | None, first: int | None, after: str | None, *, project_id: int | None = None
-) -> TaskConnection:
-    first = info.context.page_size(first)
-    after_id = validate.decode_cursor(after)
-    q = await _task_query(info, f, project_id=project_id)
-    if q is None:
-        return TaskConnection(nodes=[], page_info=PageInfo(has_next_page=False, end_cursor=None), total_count=0)
-    async with info.context.services.read() as session:
-        rows, more, total = await db.list_tasks(session, q, first=first, after_id=after_id)
-    end = validate.encode_cursor(rows[-1].id) if rows else None
-    return TaskConnection(
-        nodes=[Task.from_row(r) for r in rows],
-        page_info=PageInfo(has_next_page=more, end_cursor=end),
-        total_count=total,
-    )
 
 
 @strawberry.type
@@ -77,16 +39,16 @@ class TaskQuery:
         self, info: Info, agent: str | None = None, project_id: strawberry.ID | None = None, first: int | None = 50
     ) -> list[Task]:
         first = info.context.page_size(first)
-        q = db.TaskQuery(project_id=validate.optional_id(project_id, "projectId"), active_projects_only=True)
+        q = db_tasks.TaskCriteria(project_id=validate.optional_id(project_id, "projectId"), active_projects_only=True)
         async with info.context.services.read() as session:
             if agent is not None:
                 row = await db_agents.require_agent(session, agent)
                 q.skill_set_ids = await matching_skill_sets(session, row)
-            rows = await db.list_ready(session, q, first=first)
+            rows = await db_tasks.list_ready(session, q, first=first)
         return [Task.from_row(r) for r in rows]
 
 
-def _new_task(item: CreateTaskInput, index: int | None, refs: dict[str, int], caller: Caller) -> db.NewTask:
+def _new_task(item: CreateTaskInput, index: int | None, refs: dict[str, int], caller: Caller) -> db_tasks.NewTask:
     where = "" if index is None else f"tasks[{index}]."
     if index is None and (item.ref is not None or item.depends_on_refs):
         raise BadInput("ref and dependsOnRefs are for createTasks; use dependsOn with task ids here")
@@ -95,7 +57,7 @@ def _new_task(item: CreateTaskInput, index: int | None, refs: dict[str, int], ca
         if ref not in refs:
             raise BadInput(f"{where}dependsOnRefs names '{ref}', which is not the ref of any item in this call")
         ref_deps.append(refs[ref])
-    return db.NewTask(
+    return db_tasks.NewTask(
         title=validate.title(item.title) or "",
         task_type=validate.name(item.task_type, f"{where}taskType") or "",
         description=validate.description(item.description),
@@ -130,10 +92,10 @@ async def _may_delete(session: AsyncSession, caller: Caller, task_id: int, *, ha
     if hard:
         caller.require_admin(f"{action} a task for good (hard: true)")
     if caller.is_agent:
-        caller.require_creator(await db.task_creator(session, task_id), f"task {task_id}", action)
+        caller.require_creator(await db_tasks.task_creator(session, task_id), f"task {task_id}", action)
 
 
-def _check_acyclic(items: list[db.NewTask]) -> None:
+def _check_acyclic(items: list[db_tasks.NewTask]) -> None:
     """Refs within one createTasks call must form a DAG (Kahn's algorithm)."""
     waiting = {i: set(item.depends_on_refs) for i, item in enumerate(items)}
     ready = [i for i, deps in waiting.items() if not deps]
@@ -159,7 +121,7 @@ def _policy_kwargs(info: Info) -> dict[str, Any]:
     return {
         "default_timeout_minutes": s.default_task_timeout_minutes,
         "default_max_attempts": s.default_max_attempts,
-        "lease_seconds": s.lease,
+        "lease_seconds": info.context.services.policy.lease_seconds,
     }
 
 
@@ -176,10 +138,12 @@ class TaskMutation:
 
             await require_project(session, project_id)
             if item.idempotency_key:
-                existing = await db.existing_by_idempotency_key(session, project_id, item.idempotency_key)
-                if existing is not None:
-                    return Task.from_row(existing)
-            (row,) = await db.insert_tasks(session, project_id, [item], actor=item.created_by, **_policy_kwargs(info))
+                existing = await db_tasks.by_idempotency_keys(session, project_id, [item.idempotency_key])
+                if existing:
+                    return Task.from_row(existing[item.idempotency_key])
+            (row,) = await db_tasks.insert_tasks(
+                session, project_id, [item], actor=item.created_by, **_policy_kwargs(info)
+            )
         return Task.from_row(row)
 
     @strawberry.mutation(description="All or nothing, in input order; refs link items of the same call.")
@@ -204,21 +168,20 @@ class TaskMutation:
             from ..db.projects import require_project
 
             await require_project(session, pid)
-            if keys:
-                found = [await db.existing_by_idempotency_key(session, pid, k) for k in keys]
-                if all(found):
-                    return [Task.from_row(r) for r in found if r is not None]
-                if any(found):
-                    raise BadInput(
-                        "some idempotencyKeys of this batch already exist and some do not; resend the original batch"
-                    )
-            rows = await db.insert_tasks(session, pid, items, actor=None, **_policy_kwargs(info)) if items else []
+            found = await db_tasks.by_idempotency_keys(session, pid, keys)
+            if found and len(found) == len(keys):
+                return [Task.from_row(found[key]) for key in keys]
+            if found:
+                raise BadInput(
+                    "some idempotencyKeys of this batch already exist and some do not; resend the original batch"
+                )
+            rows = await db_tasks.insert_tasks(session, pid, items, actor=None, **_policy_kwargs(info)) if items else []
         return [Task.from_row(r) for r in rows]
 
     @strawberry.mutation
     async def update_task(self, info: Info, id: strawberry.ID, input: UpdateTaskInput) -> Task:
         changes: dict[str, Any] = {}
-        checks = {
+        checks: dict[str, Callable[[Any], Any]] = {
             "title": lambda v: validate.title(v),
             "description": validate.description,
             "priority": lambda v: validate.int_range(v, "priority", 1, 10),
@@ -240,13 +203,13 @@ class TaskMutation:
                 raise BadInput(f"{field} cannot be null; omit it to keep the current value")
             changes[field] = check(value)
         async with info.context.services.transaction() as session:
-            row = await db.update_task(session, validate.parse_id(id), changes, actor=info.context.caller.actor)
+            row = await db_tasks.update_task(session, validate.parse_id(id), changes, actor=info.context.caller.actor)
         return Task.from_row(row)
 
     @strawberry.mutation
     async def add_dependency(self, info: Info, task_id: strawberry.ID, depends_on: strawberry.ID) -> Task:
         async with info.context.services.transaction() as session:
-            row = await db_deps.add_dependency(
+            row = await db_dependencies.add_dependency(
                 session,
                 validate.parse_id(task_id, "taskId"),
                 validate.parse_id(depends_on, "dependsOn"),
@@ -257,7 +220,7 @@ class TaskMutation:
     @strawberry.mutation
     async def remove_dependency(self, info: Info, task_id: strawberry.ID, depends_on: strawberry.ID) -> Task:
         async with info.context.services.transaction() as session:
-            row = await db_deps.remove_dependency(
+            row = await db_dependencies.remove_dependency(
                 session,
                 validate.parse_id(task_id, "taskId"),
                 validate.parse_id(depends_on, "dependsOn"),
@@ -273,10 +236,10 @@ class TaskMutation:
         async with info.context.services.transaction() as session:
             await _may_delete(session, caller, task_id, hard=bool(hard), action="delete")
             if hard:
-                dependents = await db.hard_delete_task(session, task_id, actor=actor)
-                await db_deps.recount_and_unblock(session, dependents, actor=actor)
+                dependents = await db_tasks.hard_delete_task(session, task_id, actor=actor)
+                await db_dependencies.recount_and_unblock(session, dependents, actor=actor)
             else:
-                await db.soft_delete_task(session, task_id, actor=actor)
+                await db_tasks.soft_delete_task(session, task_id, actor=actor)
         return True
 
     @strawberry.mutation
@@ -284,5 +247,5 @@ class TaskMutation:
         task_id = validate.parse_id(id)
         async with info.context.services.transaction() as session:
             await _may_delete(session, info.context.caller, task_id, hard=False, action="restore")
-            row = await db.restore_task(session, task_id, actor=info.context.caller.actor)
+            row = await db_tasks.restore_task(session, task_id, actor=info.context.caller.actor)
         return Task.from_row(row)

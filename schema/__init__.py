@@ -1,1 +1,2 @@
-"""What the API looks like: Strawberry types, inputs, enums, scalars and the Schema (root.py)."""
+"""What the API looks like: Strawberry types, inputs, enums, and the argument checks and
+pagination they share with resolvers/. The Schema itself is assembled in api/schema.py."""

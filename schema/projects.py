@@ -78,7 +78,7 @@ class Project:
         first: int | None = 50,
         after: str | None = None,
     ) -> Annotated[TaskConnection, strawberry.lazy(".tasks")]:
-        from ..resolvers.tasks import task_connection
+        from .tasks import task_connection
 
         return await task_connection(info, filter, first, after, project_id=self.row.id)
 

@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 from strawberry.scalars import JSON
 
+from ..db import agents as db_agents
 from ..db import models
+from ..db import tasks as db_tasks
 from ..db.base import utcnow
+from . import validate
 from .enums import TaskStatus
 
 if TYPE_CHECKING:
@@ -182,6 +185,47 @@ class TaskFilter:
     )
     ready_only: bool | None = None
     include_deleted: bool | None = False
+
+
+async def _criteria(
+    info: strawberry.Info, f: TaskFilter | None, *, project_id: int | None = None
+) -> db_tasks.TaskCriteria | None:
+    """The filter as TaskCriteria, or None when it cannot match anything (unknown agent)."""
+    f = f or TaskFilter()
+    q = db_tasks.TaskCriteria(
+        project_id=project_id if project_id is not None else validate.optional_id(f.project_id, "filter.projectId"),
+        statuses=[s.value for s in f.status] if f.status else None,
+        task_type=f.task_type,
+        tags=validate.labels(f.tags, "filter.tags"),
+        search=validate.text(f.search, "filter.search", limit=200),
+        ready_only=bool(f.ready_only),
+        include_deleted=bool(f.include_deleted),
+    )
+    if f.assignee is not None:
+        async with info.context.services.read() as session:
+            agent = await db_agents.get_agent(session, f.assignee)
+        if agent is None:
+            return None
+        q.assignee_id = agent.id
+    return q
+
+
+async def task_connection(
+    info: strawberry.Info, f: TaskFilter | None, first: int | None, after: str | None, *, project_id: int | None = None
+) -> TaskConnection:
+    first = info.context.page_size(first)
+    after_id = validate.decode_cursor(after)
+    q = await _criteria(info, f, project_id=project_id)
+    if q is None:
+        return TaskConnection(nodes=[], page_info=PageInfo(has_next_page=False, end_cursor=None), total_count=0)
+    async with info.context.services.read() as session:
+        rows, more, total = await db_tasks.list_tasks(session, q, first=first, after_id=after_id)
+    end = validate.encode_cursor(rows[-1].id) if rows else None
+    return TaskConnection(
+        nodes=[Task.from_row(r) for r in rows],
+        page_info=PageInfo(has_next_page=more, end_cursor=end),
+        total_count=total,
+    )
 
 
 @strawberry.input

@@ -15,9 +15,9 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
+from task_service.api.schema import Schema, build_schema
 from task_service.db.migrate import upgrade_to_head
 from task_service.resolvers.context import Context
-from task_service.schema.root import Schema, build_schema
 from task_service.services import Services
 from task_service.settings import Settings
 

@@ -1,4 +1,4 @@
-"""The HTTP surface of DESIGN.md: /, /health, /docs, /schema.graphql, /dashboard/stats, /graphql."""
+"""The HTTP surface (docs/ARCHITECTURE.md): /, /health, /docs, /schema.graphql, /dashboard/stats, /graphql."""
 
 from __future__ import annotations
 

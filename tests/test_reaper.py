@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from task_service.api.schema import Schema
 from task_service.db.base import utcnow
 from task_service.db.models import IdempotencyKey, Task
+from task_service.events.bus import Listener
 from task_service.reaper import Reaper, TickResult
-from task_service.schema.root import Schema
 from task_service.services import Services
 from tests import factories as f
 from tests.conftest import Client, make_settings, with_settings
@@ -61,15 +62,27 @@ async def claimed_task(gql: Any, *, agent: str = "writer", start: bool = False, 
     return task["id"]
 
 
+class Heard:
+    """The presence changes published on the bus (after their commits), in order."""
+
+    def __init__(self, listener: Listener):
+        self._listener = listener
+        self._seen: list[tuple[str, str | None, str]] = []
+
+    def clear(self) -> None:
+        self.changes()
+        self._seen = []
+
+    def changes(self) -> list[tuple[str, str | None, str]]:
+        batch = self._listener.take_presence()
+        self._seen += [(s.change.name, s.change.previous, s.change.status) for s in batch.changes]
+        return list(self._seen)
+
+
 @pytest.fixture
-def presence(services: Services) -> Iterator[list[dict[str, Any]]]:
-    """Every presence change published on the bus (after its commit), in order."""
+def presence(services: Services) -> Iterator[Heard]:
     with services.bus.listen(presence=True) as listener:
-        yield listener.presence
-
-
-def changes(presence: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
-    return [(change["name"], change["previous"], change["status"]) for change in presence]
+        yield Heard(listener)
 
 
 class TestSilentAgents:
@@ -81,7 +94,7 @@ class TestSilentAgents:
 
         assert result == TickResult(offline=1)
         assert await agent_status(gql, "writer") == "OFFLINE"
-        assert changes(presence) == [("writer", "ONLINE", "OFFLINE")]
+        assert presence.changes() == [("writer", "ONLINE", "OFFLINE")]
 
     async def test_agent_within_the_heartbeat_timeout_stays_online(self, services, gql, presence):
         await f.agent(gql, name="writer")
@@ -91,7 +104,7 @@ class TestSilentAgents:
 
         assert result == TickResult()
         assert await agent_status(gql, "writer") == "ONLINE"
-        assert presence == []
+        assert presence.changes() == []
 
     async def test_offline_agents_task_goes_back_to_pending_at_once(self, services, gql, presence):
         task_id = await claimed_task(gql)
@@ -108,7 +121,7 @@ class TestSilentAgents:
         assert "heartbeats" in task["lastError"]
         assert await reaper_events(gql, task_id) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
         assert await agent_status(gql, "writer") == "OFFLINE"
-        assert changes(presence) == [("writer", "BUSY", "OFFLINE")]
+        assert presence.changes() == [("writer", "BUSY", "OFFLINE")]
 
     async def test_a_dead_agents_requeued_task_is_not_counted_as_its_failure(self, services, gql):
         await claimed_task(gql, start=True)
@@ -153,7 +166,7 @@ class TestLeaseShorterThanHeartbeatTimeout:
         assert (task["ready"], task["availableAt"]) == (True, None)  # no backoff, as above
         assert await reaper_events(gql, task_id) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
         assert await agent_status(gql, "writer") == "ONLINE"
-        assert changes(presence) == [("writer", "BUSY", "ONLINE")]
+        assert presence.changes() == [("writer", "BUSY", "ONLINE")]
 
     async def test_a_heartbeat_between_the_scan_and_the_lock_keeps_the_task(self, services, schema, gql):
         """The reaper reads the due leases, then locks each task in its own transaction: a
@@ -256,6 +269,60 @@ class TestTimeouts:
         assert result == TickResult()
         assert (await task_state(gql, task_id))["status"] == "ASSIGNED"
 
+    async def test_a_timeout_raised_between_the_scan_and_the_lock_keeps_the_task(self, long_lived, schema):
+        """As for leases: the locked task is checked again, here against its timeoutMinutes as
+        they are when it is locked."""
+        services, gql = long_lived
+        task_id = await claimed_task(gql, start=True, timeoutMinutes=30)
+        later = utcnow() + timedelta(minutes=31)
+        reaping = with_settings(services, **LONG_LIVED)
+        locking = reaping.transaction
+        raised = []
+
+        @contextlib.asynccontextmanager
+        async def raise_timeout_then_lock() -> AsyncIterator[Any]:
+            if not raised:
+                raised.append(await gql.execute(UPDATE_TIMEOUT, id=task_id, minutes=60))
+            async with locking() as session:
+                yield session
+
+        reaping.transaction = raise_timeout_then_lock  # type: ignore[method-assign]
+        timed_out = await Reaper(reaping).time_out_tasks(later)
+
+        assert raised, "the scan did not find the task due"
+        assert timed_out == 0
+        assert (await task_state(gql, task_id))["status"] == "RUNNING"
+        assert await reaper_events(gql, task_id) == []
+
+
+UPDATE_TIMEOUT = "mutation($id: ID!, $minutes: Int) { updateTask(id: $id, input: {timeoutMinutes: $minutes}) { id } }"
+
+
+class TestOneTick:
+    async def test_one_tick_expires_a_lease_and_times_out_another_task(self, services, schema):
+        """Lease expiry and timeouts share one sweep (reaper.py's Overdue): each kind still
+        finds its own tasks and records its own event."""
+        short_leases = Client(schema, with_settings(services, lease_seconds=60, **LONG_LIVED))
+        gql = Client(schema, with_settings(services, **LONG_LIVED))
+        pid = await f.project(gql)
+        leased = (await f.task(gql, project_id=pid, title="leased"))["id"]
+        running = (await f.task(gql, project_id=pid, title="running", timeoutMinutes=30))["id"]
+        await f.agent(gql, name="quiet")
+        await f.agent(gql, name="busy")
+        await f.claim(short_leases, task_id=leased, agent="quiet")  # a 60 s lease, never renewed
+        await f.claim(gql, task_id=running, agent="busy")  # a day's lease
+        await f.transition(gql, "startTask", id=running, agent="busy")
+
+        result = await Reaper(with_settings(services, **LONG_LIVED)).tick(now=utcnow() + timedelta(minutes=31))
+
+        assert result == TickResult(expired=1, timed_out=1)
+        assert await reaper_events(gql, leased) == [("LEASE_EXPIRED", "ASSIGNED", "PENDING")]
+        assert await reaper_events(gql, running) == [("TIMED_OUT", "RUNNING", "PENDING")]
+        assert await agent_stats(gql, "quiet") == {"totalTasks": 1, "completedTasks": 0, "failedTasks": 0}
+        assert await agent_stats(gql, "busy") == {"totalTasks": 1, "completedTasks": 0, "failedTasks": 1}
+        assert (await task_state(gql, leased))["availableAt"] is None  # a lost lease: no backoff
+        assert (await task_state(gql, running))["availableAt"] is not None  # a timeout backs off
+
 
 async def task_rows(services: Services) -> int:
     async with services.read() as session:
@@ -336,7 +403,7 @@ class TestQuietTick:
             await gql.execute("{ tasks(first: 500) { nodes { id status attempt leaseExpiresAt updatedAt } } }")
             == tasks_before
         )
-        assert presence == []
+        assert presence.changes() == []
         assert (await task_state(gql, task_id))["status"] == "RUNNING"
         assert await agent_status(gql, "idle") == "ONLINE"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from task_service.schema.root import build_schema
+from task_service.api.schema import build_schema
 from task_service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

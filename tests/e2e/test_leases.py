@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from task_service.reaper import LEADER_LOCK_KEY
+from task_service.db.leader import LEADER_LOCK_KEY
 from tests.conftest import PG_ADMIN_DSN
 from tests.e2e.conftest import GraphQLClient, Server, fresh_pg_database, graphql_client, running_server
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.postgres_only
 
 HEARTBEAT_TIMEOUT = 2.0
 REAPER_INTERVAL = 1.0
-# DESIGN.md: a crashed agent's work is claimable again within heartbeat timeout + reaper
+# docs/ARCHITECTURE.md: a crashed agent's work is claimable again within heartbeat timeout + reaper
 # interval. How soon is a figure (printed here); what must hold is that it happens, and
 # never before the agent has been silent for the heartbeat timeout. The deadline only
 # bounds a test that would otherwise wait forever, with room for a loaded machine.

@@ -27,8 +27,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from task_service.api.schema import Schema
 from task_service.db.migrate import upgrade_to_head
-from task_service.schema.root import Schema
 from task_service.services import Services
 from tests import factories as f
 from tests.conftest import Client, GraphQLFailure, make_settings

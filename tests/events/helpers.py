@@ -11,8 +11,8 @@ from typing import Any
 
 from graphql import ExecutionResult
 
+from task_service.api.schema import Schema
 from task_service.resolvers.context import Context
-from task_service.schema.root import Schema
 from task_service.services import Services
 from tests import factories as f
 from tests.conftest import GraphQLFailure, make_settings

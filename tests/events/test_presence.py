@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
+from task_service.api.schema import build_schema
 from task_service.db.base import utcnow
 from task_service.reaper import Reaper
-from task_service.schema.root import build_schema
 from tests import factories as f
 from tests.conftest import Client, empty_database
 from tests.events.helpers import AGENT_PRESENCE, Sub, another_process

@@ -9,10 +9,10 @@ import tracemalloc
 
 import pytest
 
+from task_service.api.schema import build_schema
 from task_service.db.enums import TaskEventType
 from task_service.db.events import record_event
 from task_service.db.models import Task
-from task_service.schema.root import build_schema
 from tests import factories as f
 from tests.conftest import Client, empty_database
 from tests.events.helpers import (

@@ -37,7 +37,7 @@ def test_the_lock_satisfies_pyproject(lock: str, extra: str | None) -> None:
 
 def test_internals_we_rely_on_are_bounded() -> None:
     bounds = {canonicalize_name(r.name): r.specifier for r in requirements()}
-    # schema/shared_results.py: graphql-core's and strawberry's execution context.
+    # api/shared_results.py: graphql-core's and strawberry's execution context.
     assert Version("3.3.99") in bounds["graphql-core"]
     assert Version("3.4.0") not in bounds["graphql-core"]
     assert Version("0.342.0") not in bounds["strawberry-graphql"]

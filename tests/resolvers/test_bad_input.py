@@ -392,7 +392,7 @@ class TestQueryLimits:
     async def test_a_repeated_document_is_validated_once(self, gql, world):
         from strawberry.extensions.validation_cache import _get_validate_cache
 
-        from task_service.schema.root import DOCUMENT_CACHE_SIZE
+        from task_service.api.schema import DOCUMENT_CACHE_SIZE
 
         cache = _get_validate_cache(DOCUMENT_CACHE_SIZE)
         query = "{ tasks(first: 3) { totalCount nodes { id title } } }"

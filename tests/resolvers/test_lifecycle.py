@@ -1,4 +1,4 @@
-"""The task lifecycle of DESIGN.md, table row by table row, through the GraphQL schema."""
+"""The task lifecycle of docs/ARCHITECTURE.md, table row by table row, through the GraphQL schema."""
 
 from __future__ import annotations
 

@@ -3,13 +3,10 @@ number of tasks on the page."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
-
 from tests import factories as f
+from tests.statements import StatementCounter, count_statements
 
 PAGE = """
 query($first: Int) {
@@ -30,33 +27,6 @@ query($first: Int) {
 }
 """
 STATEMENT_BUDGET = 15
-
-
-class StatementCounter:
-    def __init__(self) -> None:
-        self.statements: list[str] = []
-
-    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        self.statements.append(statement)
-
-    def __len__(self) -> int:
-        return len(self.statements)
-
-    @property
-    def queries(self) -> int:
-        """Statements other than transaction control (SQLite's BEGIN IMMEDIATE per session)."""
-        return sum(1 for s in self.statements if not s.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")))
-
-
-@contextmanager
-def count_statements(services: Any) -> Iterator[StatementCounter]:
-    counter = StatementCounter()
-    engine = services.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", counter)
-    try:
-        yield counter
-    finally:
-        event.remove(engine, "before_cursor_execute", counter)
 
 
 async def build_graph(gql: Any, *, count: int = 100) -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from task_service.db.models import TaskEvent
 from tests import factories as f
+from tests.statements import StatementCounter, count_statements
 
 TASKS = """
 query($filter: TaskFilter, $first: Int, $after: String) {
@@ -669,3 +672,40 @@ class TestCreateTaskIdempotency:
         first = await f.task(gql, project_id=a, idempotencyKey="k1")
         second = await f.task(gql, project_id=b, idempotencyKey="k1")
         assert first["id"] != second["id"]
+
+
+def key_lookups(counter: StatementCounter) -> int:
+    """SELECTs of tasks filtered by idempotency key."""
+    return sum(1 for s in counter.selects_from("tasks") if "idempotency_key" in s.split(" WHERE ", 1)[-1])
+
+
+class TestCreateTasksIdempotency:
+    async def test_a_repeated_batch_returns_its_tasks_in_order_after_one_lookup(self, gql, services):
+        pid = await f.project(gql)
+        items = [{"title": f"T{i}", "taskType": "research", "idempotencyKey": f"key-{i}"} for i in range(1000)]
+        with count_statements(services) as creating:
+            first = (await gql.execute(CREATE_TASKS, pid=pid, tasks=items))["createTasks"]
+
+        with count_statements(services) as repeating:
+            again = (await gql.execute(CREATE_TASKS, pid=pid, tasks=items))["createTasks"]
+
+        assert again == first
+        assert [t["title"] for t in again] == [f"T{i}" for i in range(1000)]
+        assert (key_lookups(creating), key_lookups(repeating)) == (1, 1)
+        assert (await tasks(gql, first=1, includeDeleted=True))["totalCount"] == 1000
+        async with services.read() as session:
+            assert await session.scalar(select(func.count()).select_from(TaskEvent)) == 1000
+
+    async def test_a_batch_whose_keys_partly_exist_is_refused_and_changes_nothing(self, gql):
+        pid = await f.project(gql)
+        (old,) = await create_many(gql, pid, 1, idempotencyKey="old")
+        items = [
+            {"title": "again", "taskType": "research", "idempotencyKey": "old"},
+            {"title": "new", "taskType": "research", "idempotencyKey": "new"},
+        ]
+
+        failure = await gql.error(CREATE_TASKS, pid=pid, tasks=items)
+
+        assert failure.code == "BAD_USER_INPUT"
+        assert await all_task_ids(gql) == [old]
+        assert len(await f.events(gql)) == 1

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import ASTValidationRule, GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
@@ -25,9 +25,9 @@ from ..resolvers.projects import ProjectMutation, ProjectQuery
 from ..resolvers.stats import StatsQuery
 from ..resolvers.subscriptions import Subscription
 from ..resolvers.tasks import TaskMutation, TaskQuery
+from ..schema.agents import AgentPresenceEvent
+from ..schema.enums import ErrorCode
 from ..settings import Settings
-from .agents import AgentPresenceEvent
-from .enums import ErrorCode
 from .errors import ErrorMapper, error_code
 from .guard import MutationRateLimit
 from .limits import Limits, complexity_rule, directives_rule
@@ -63,7 +63,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     settings = settings or load_settings()
     # The limits are validation rules built once: with fixed rule classes, a document seen
     # before is neither parsed nor validated again (the caches are keyed by the query text
-    # and by the parsed document). schema/limits.py says what each limit counts.
+    # and by the parsed document). api/limits.py says what each limit counts.
     limits = Limits(
         max_depth=settings.max_query_depth,
         max_aliases=settings.max_aliases,
@@ -71,7 +71,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         max_directives=settings.max_directives,
         max_page_size=settings.max_page_size,
     )
-    rules = [complexity_rule(limits), directives_rule(settings.max_directives)]
+    rules: list[type[ASTValidationRule]] = [complexity_rule(limits), directives_rule(settings.max_directives)]
     extensions: list[Any] = [
         RequestObserver,  # first, so it sees the errors with their codes
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),

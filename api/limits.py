@@ -35,6 +35,7 @@ from graphql import (
     GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
+    Node,
     OperationDefinitionNode,
     SelectionSetNode,
     ValidationContext,
@@ -60,7 +61,7 @@ class Limits:
     max_page_size: int
 
 
-def too_complex(message: str, node: object | None = None) -> GraphQLError:
+def too_complex(message: str, node: Node | None = None) -> GraphQLError:
     return GraphQLError(message, nodes=node, extensions={"code": ErrorCode.QUERY_TOO_COMPLEX.value})
 
 

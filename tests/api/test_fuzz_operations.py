@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import Mode, mutations, nodes, queries
 
+from task_service.api.schema import Schema
 from task_service.resolvers.context import Context
-from task_service.schema.root import Schema
 from task_service.services import Services
 from tests import factories as f
 from tests import invariants

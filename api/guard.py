@@ -19,7 +19,7 @@ from ..resolvers.context import Context
 
 
 class MutationRateLimit(SchemaExtension):
-    async def on_execute(self) -> AsyncIterator[None]:  # type: ignore[override]
+    async def on_execute(self) -> AsyncIterator[None]:
         execution = self.execution_context
         context = execution.context
         limiter = context.services.rate_limiter if isinstance(context, Context) else None

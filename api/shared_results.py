@@ -3,7 +3,7 @@
 graphql-core executes the subscription's selection set once per event for each subscriber:
 with 500 dashboards on taskEvents that is 500 identical executions per event, and they, not
 the database, bound fan-out. A subscription resolver marks a payload as shareable with
-`share(payload, key)` (key: the event, e.g. its cursor). This executor then keys the
+`share(payload, key)` (schema/sharing.py) (key: the event, e.g. its cursor). This executor then keys the
 per-event result by (event key, the selection as printed, the values of the variables used
 inside it), executes it for the first subscriber and hands the same ExecutionResult to the
 others (events/single_flight.py; the cache lives in Services, one per database).
@@ -16,19 +16,14 @@ the key: the Context's `result_scope`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast, visit
+from graphql.execution.values import VariableValues
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-SHARE_ATTRIBUTE = "_shared_result_key"
-
-
-def share(payload: Any, key: Hashable) -> Any:
-    """Mark a subscription payload as rendered identically for every subscriber."""
-    setattr(payload, SHARE_ATTRIBUTE, key)
-    return payload
+from ..schema.sharing import SHARE_ATTRIBUTE
 
 
 class _VariableNames(Visitor):
@@ -47,7 +42,11 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def build_per_event_executor(self, payload: Any) -> Any:
         executor = super().build_per_event_executor(payload)
         event_key = getattr(payload, SHARE_ATTRIBUTE, None)
-        if event_key is not None and getattr(self.context_value, "shared_results", None) is not None:
+        if (
+            isinstance(executor, SharingExecutionContext)
+            and event_key is not None
+            and getattr(self.context_value, "shared_results", None) is not None
+        ):
             executor._share_key = (event_key, self._selection(), getattr(self.context_value, "result_scope", None))
         return executor
 
@@ -74,7 +73,10 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
                 fragment = self.fragment_definitions[name]
                 parts.append(print_ast(fragment))
                 visit(fragment, finder)
-            coerced = getattr(self.variable_values, "coerced", self.variable_values) or {}
+            variables = self.variable_values
+            coerced: Mapping[str, Any] = (
+                variables.coerced if isinstance(variables, VariableValues) else variables
+            ) or {}
             values = tuple(sorted((name, repr(coerced.get(name))) for name in finder.names))
             self._selection_key = (tuple(parts), values)
         return self._selection_key
@@ -93,4 +95,4 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return self.context_value.shared_results.get(self._share_key, run, keep=lambda r: not r.errors)
 
 
-__all__ = ["SharingExecutionContext", "share"]
+__all__ = ["SharingExecutionContext"]

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from graphql.error import GraphQLError
 from graphql.validation.validate import ValidationAbortedError
 from strawberry.extensions import MaskErrors
 from strawberry.schema.exceptions import InvalidOperationTypeError
 
+from ..db.health import unreachable
 from ..errors import DomainError, ErrorCode
 
 log = logging.getLogger("task_service.errors")
 
 # graphql-core's own refusals of documents too big or too deep to handle: more than
 # MAX_TOKENS (MaxTokensLimiter), nesting beyond its parser's reach, and its introspection
-# depth rule. Our own limits (schema/limits.py) say QUERY_TOO_COMPLEX in their extensions.
+# depth rule. Our own limits (api/limits.py) say QUERY_TOO_COMPLEX in their extensions.
 _TOO_COMPLEX_MARKERS = (
     "Document contains more than",
     "Document is nested too deeply",
@@ -26,6 +28,13 @@ _TOO_COMPLEX_MARKERS = (
 # (22021) or a \u0000 escape in a JSON value (22P05). The caller sent it; nothing was changed.
 _UNSTORABLE_INPUT = {"22021", "22P05"}
 _SUGGESTION = re.compile(r" Did you mean .*\?$")
+# A failure the caller should simply retry says so in `extensions.retryable` (the contract's
+# code stays INTERNAL: the contract has no code of its own for it).
+DATABASE_UNAVAILABLE = (
+    "the database could not be reached (connection refused or lost); try again shortly. A mutation in flight "
+    "may or may not have been applied: repeat it with the same idempotencyKey where it takes one"
+)
+STATEMENT_TIMEOUT = "the database did not answer within STATEMENT_TIMEOUT_SECONDS; nothing was changed, try again"
 
 
 def error_code(error: GraphQLError) -> ErrorCode:
@@ -37,7 +46,7 @@ def error_code(error: GraphQLError) -> ErrorCode:
     if original is None:
         # Parse, validation and variable-coercion errors: the request itself is wrong.
         declared = (error.extensions or {}).get("code")
-        if declared in ErrorCode.__members__:
+        if isinstance(declared, str) and declared in ErrorCode.__members__:
             return ErrorCode(declared)
         if any(marker in error.message for marker in _TOO_COMPLEX_MARKERS):
             return ErrorCode.QUERY_TOO_COMPLEX
@@ -85,12 +94,12 @@ class ErrorMapper(MaskErrors):
             code = error_code(error)
             if code is ErrorCode.INTERNAL and _is_statement_timeout(error.original_error):
                 log.warning("a statement ran past STATEMENT_TIMEOUT_SECONDS in %s", _where(error))
-                error = GraphQLError(
-                    "the database did not answer within STATEMENT_TIMEOUT_SECONDS; nothing was changed, try again",
-                    nodes=error.nodes,
-                    path=error.path,
-                )
-                extensions = {}
+                error = GraphQLError(STATEMENT_TIMEOUT, nodes=error.nodes, path=error.path)
+                extensions: dict[str, Any] = {"retryable": True}
+            elif code is ErrorCode.INTERNAL and _is_unavailable(error.original_error):
+                log.warning("the database could not be reached in %s: %r", _where(error), error.original_error)
+                error = GraphQLError(DATABASE_UNAVAILABLE, nodes=error.nodes, path=error.path)
+                extensions = {"retryable": True}
             elif _sqlstate(error.original_error) in _UNSTORABLE_INPUT:
                 error = GraphQLError(
                     "an argument holds text that cannot be stored (a NUL character, or \\u0000 in JSON); "
@@ -152,6 +161,15 @@ def _sqlstate(original: BaseException | None) -> str | None:
 def _is_statement_timeout(original: BaseException | None) -> bool:
     """PostgreSQL cancelled a statement at statement_timeout (SQLSTATE 57014)."""
     return _sqlstate(original) == "57014"
+
+
+def _is_unavailable(original: BaseException | None) -> bool:
+    """The database was unreachable: refused, closed or shut down under the operation."""
+    while original is not None:
+        if unreachable(original):
+            return True
+        original = getattr(original, "orig", None) or original.__cause__
+    return False
 
 
 def _complexity_first(errors: list[GraphQLError]) -> list[GraphQLError]:

@@ -1,4 +1,5 @@
-"""Argument checks shared by resolvers: each failure is a BAD_USER_INPUT that names the field."""
+"""Argument checks shared by resolvers/ and the types' own fields (task pagination): each
+failure is a BAD_USER_INPUT that names the field."""
 
 from __future__ import annotations
 

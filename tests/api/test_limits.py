@@ -1,4 +1,4 @@
-"""schema/limits.py: the cost model, directives and repeated fields, measured on the schema
+"""api/limits.py: the cost model, directives and repeated fields, measured on the schema
 itself (validation only: no database needed)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from graphql import get_introspection_query, parse, validate
 
-from task_service.schema.limits import LIST_FACTOR, MAX_FIELD_REPEATS, Limits, complexity_rule, directives_rule
-from task_service.schema.root import build_schema
+from task_service.api.limits import LIST_FACTOR, MAX_FIELD_REPEATS, Limits, complexity_rule, directives_rule
+from task_service.api.schema import build_schema
 from task_service.settings import Settings
 
 LIMITS = Limits(max_depth=12, max_aliases=30, max_cost=1000, max_directives=5, max_page_size=500)

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cross_web import HTTPException
 from starlette.requests import Request
@@ -44,10 +44,10 @@ from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
 from ..errors import ErrorCode
+from ..resolvers.auth import authenticate, header_credentials
+from ..resolvers.context import Context
 from ..services import Services
 from ..settings import Settings
-from .auth import authenticate, header_credentials
-from .context import Context
 
 # The static dashboard and GraphiQL's page, with their vendored libraries (web/vendor/).
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -102,6 +102,7 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
@@ -262,7 +263,7 @@ class GraphQLApp(GraphQL[Context, None]):
             raise ConnectionRejectionError(
                 {"message": context.caller.problem, "extensions": {"code": ErrorCode.UNAUTHENTICATED.value}}
             )
-        return UNSET
+        return cast(UnsetType, UNSET)  # no payload in connection_ack
 
     def decode_json(self, data: str | bytes) -> object:
         if len(data) > self.settings.max_body_bytes:

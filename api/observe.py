@@ -1,7 +1,7 @@
 """Every GraphQL operation observed once: a request id, one log line and the request metrics.
 
 The extension runs outermost (first in the schema's list), so the errors it sees already
-carry their contract code (schema/errors.py). Subscriptions are logged when they end; their
+carry their contract code (api/errors.py). Subscriptions are logged when they end; their
 live numbers are the subscription gauges and counters (resolvers/subscriptions.py).
 """
 
@@ -38,7 +38,7 @@ def _new_request_id(context: Any) -> str:
     """The client's X-Request-ID when it is a sane token, else a fresh one."""
     request = getattr(context, "request", None)
     given = request.headers.get(REQUEST_ID_HEADER) if request is not None else None
-    if given and _CLIENT_REQUEST_ID.fullmatch(given):
+    if isinstance(given, str) and _CLIENT_REQUEST_ID.fullmatch(given):
         return given
     return uuid.uuid4().hex
 
