@@ -37,9 +37,9 @@ from tests import invariants
 from tests.conftest import empty_database
 
 # FUZZ_EXAMPLES sequences of up to FUZZ_STEPS steps on each backend: with the defaults about
-# 1,000 operations per backend (each followed by the invariant check), a minute or two on
+# 1,300 operations per backend (each followed by the invariant check), a minute or two on
 # PostgreSQL on a 2-core machine. A nightly run may raise both.
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 STEPS = int(os.environ.get("FUZZ_STEPS", "40"))
 # FUZZ_SHRINK=0 reports a failure as found, without minimising it (faster while debugging).
 PHASES = [p for p in Phase if os.environ.get("FUZZ_SHRINK", "1") != "0" or p is not Phase.shrink]
