@@ -37,7 +37,7 @@ from tests import invariants
 from tests.conftest import empty_database
 
 # FUZZ_EXAMPLES sequences of up to FUZZ_STEPS steps on each backend: with the defaults about
-# 1,300 operations per backend (each followed by the invariant check), a minute or two on
+# 1,700 operations per backend (each followed by the invariant check), a minute or two on
 # PostgreSQL on a 2-core machine. A nightly run may raise both.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 STEPS = int(os.environ.get("FUZZ_STEPS", "40"))
@@ -308,6 +308,17 @@ class ApiMachine(RuleBasedStateMachine):
                 "createTask", f"mutation($i: CreateTaskInput!) {{ createTask(input: $i) {{ {TASK} }} }}", {"i": item}
             )
             self.tasks.append(out["createTask"]["id"])
+        # One task already submitted for review, so that reviews are as common as claims.
+        out = self.run(
+            "createTask",
+            f"mutation($i: CreateTaskInput!) {{ createTask(input: $i) {{ {TASK} }} }}",
+            {"i": {"projectId": self.projects[0], "title": "to review", "taskType": "review", "assignee": "agent0"}},
+        )
+        if out:
+            task = out["createTask"]["id"]
+            self.tasks.append(task)
+            self.run(*_next("startTask"), {"id": task, "a": "agent0", "n": 1})
+            self.run(*_next("submitTask"), {"id": task, "a": "agent0", "n": 1, "r": None})
 
     def invariants_hold(self) -> None:
         """Checked after every operation (run, reaper ticks), not once per rule: a rule
