@@ -124,11 +124,9 @@ async def _set_tasks_deleted(
             data={"withProject": str(project_id)},
         )
     await session.flush()
-    # Hidden tasks do not count as held: their agents may be ONLINE now (or BUSY again).
-    for agent_id in sorted(holders):
-        agent = await lock_agent_by_id(session, agent_id)
-        if agent is not None:
-            await refresh_status(session, agent)
+    # A held task that leaves (or comes back with) its project changes its agent's status,
+    # as deleting (or restoring) the task alone does.
+    await _refresh_holders(session, holders)
 
 
 async def hard_delete_project(session: AsyncSession, project_id: int) -> None:
@@ -145,7 +143,12 @@ async def hard_delete_project(session: AsyncSession, project_id: int) -> None:
     ]
     if rowcount(await session.execute(delete(Project).where(Project.id == project_id))) == 0:
         raise NotFound(f"project {project_id} does not exist")
-    for agent_id in sorted(holders):
+    await _refresh_holders(session, holders)
+
+
+async def _refresh_holders(session: AsyncSession, agent_ids: Sequence[int] | set[int]) -> None:
+    """Recompute the status of each agent (locked in id order) that held tasks just changed."""
+    for agent_id in sorted(agent_ids):
         agent = await lock_agent_by_id(session, agent_id)
         if agent is not None:
             await refresh_status(session, agent)
