@@ -24,11 +24,13 @@ from tests.resilience.helpers import (
     register_agents,
 )
 
-pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(600)]
-
 AGENTS = 50
 TASKS = int(os.environ.get("RESILIENCE_R1_TASKS", "5000"))
 AGENTS_PER_PROCESS = 1  # 50 real OS processes, one agent (one HTTP connection) each
+# Two calls per task. The bound grows with the task count and only stops a broken run; it
+# leaves room for a machine shared with other work (README, "Guarantees", has the figures).
+WITHIN = max(RUN_DEADLINE, TASKS * 0.12)
+pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(int(WITHIN) + 240)]
 
 
 async def test_fifty_agent_processes_complete_five_thousand_tasks_exactly_once(tmp_path: Path) -> None:
@@ -44,10 +46,10 @@ async def test_fifty_agent_processes_complete_five_thousand_tasks_exactly_once(t
         subscriber = Collector(session, TASK_EVENTS, after="0", p=project)
         await create_tasks(gql, project, TASKS)
         names = await register_agents(gql, "r1", AGENTS)
-        agents.start([server.url], project, grouped(names, AGENTS_PER_PROCESS))
+        agents.start([server.url], project, grouped(names, AGENTS_PER_PROCESS), deadline_seconds=WITHIN + 30)
         await agents.wait_ready()
         started = time.monotonic()
-        await agents.wait_all_completed(url, project, TASKS, within=RUN_DEADLINE)
+        await agents.wait_all_completed(url, project, TASKS, within=WITHIN)
         elapsed = time.monotonic() - started
         await agents.stop()
 
