@@ -7,7 +7,8 @@ agent and on some ready tasks, for HOLD seconds (RESILIENCE_LONG_TX_SECONDS: 20 
   retryable timeout error, and the other agents keep completing tasks meanwhile (claims
   SKIP LOCKED past the locked tasks);
 - the reaper is not stalled by it: a crashed agent's task is still requeued within
-  HEARTBEAT_TIMEOUT_SECONDS + REAPER_INTERVAL_SECONDS;
+  HEARTBEAT_TIMEOUT_SECONDS + REAPER_INTERVAL_SECONDS, although another crashed agent's
+  task is among the locked rows (that one is requeued once the transaction ends);
 - when it ends, the locked tasks and the blocked agent are worked again and every task
   completes exactly once."""
 
@@ -71,7 +72,9 @@ async def test_a_long_transaction_blocks_nothing_forever_and_work_recovers(tmp_p
         names = await register_agents(gql, "r5", PROCESSES)
         held_agent = names[0]
         crash_project = await create_project(gql, "r5-crash")
-        (crash_task,) = await create_tasks(gql, crash_project, 1)
+        crash_task, locked_crash_task = await create_tasks(gql, crash_project, 2)
+        # Registered first, so the reaper meets it first among the silent agents.
+        (locked_crashed,) = await register_agents(gql, "r5-crashed-locked", 1)
         (crashed,) = await register_agents(gql, "r5-crashed", 1)
         agents.start([server.url], project, grouped(names, 1), start=True, work_seconds=0.2)
         await agents.wait_ready()
@@ -90,7 +93,11 @@ async def test_a_long_transaction_blocks_nothing_forever_and_work_recovers(tmp_p
         ]
         assert len(locked) == LOCKED_TASKS
         began = time.time()
-        await gql.execute(CLAIM, id=crash_task, agent=crashed)  # ...and that agent dies at once
+        # Two agents claim a task each and die at once; the transaction also holds one of
+        # those tasks (someone inspecting it).
+        await gql.execute(CLAIM, id=locked_crash_task, agent=locked_crashed)
+        await blocker.execute("SELECT id FROM tasks WHERE id = $1 FOR UPDATE", int(locked_crash_task))
+        await gql.execute(CLAIM, id=crash_task, agent=crashed)
         completed_at_start = len(agents.completed())
         try:
             await asyncio.sleep(HOLD)
@@ -128,7 +135,11 @@ async def test_a_long_transaction_blocks_nothing_forever_and_work_recovers(tmp_p
             "the blocked agent never worked again"
         )
 
-        crash_events = await project_events(url, crash_project)
+        async def both_requeued() -> bool:
+            return {t["status"] for t in (await project_tasks(url, crash_project)).values()} == {"PENDING"}
+
+        await poll_until(both_requeued, within=60, what="both crashed agents' tasks requeued")
+        crash_events = [e for e in await project_events(url, crash_project) if str(e["task_id"]) == crash_task]
         (claimed,) = [e for e in crash_events if e["type"] == "CLAIMED"]
         (expired,) = [e for e in crash_events if e["type"] == "LEASE_EXPIRED"]
         requeued = (expired["created_at"] - claimed["created_at"]).total_seconds()
