@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from .db import agents as db_agents
 from .db.base import utcnow
+from .db.dependencies import recount_and_unblock
 from .db.enums import TaskEventType
 from .db.health import problem
 from .db.idempotency import purge_keys
@@ -245,7 +246,8 @@ class Reaper:
         """Erase rows soft-deleted before the retention window, and old idempotency keys."""
         keep = now - timedelta(days=self.settings.soft_delete_retention_days)
         async with self.services.transaction() as session:
-            purged = await purge_deleted(session, older_than=keep)
+            purged, dependents = await purge_deleted(session, older_than=keep)
+            await recount_and_unblock(session, dependents, actor="reaper")
             purged += await purge_deleted_projects(session, older_than=keep)
             purged += await db_agents.purge_deleted_agents(session, older_than=keep)
             await purge_keys(session, older_than=now - timedelta(hours=self.settings.idempotency_retention_hours))

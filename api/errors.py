@@ -24,6 +24,9 @@ _TOO_COMPLEX_MARKERS = (
     "Document is nested too deeply",
     "Maximum introspection depth exceeded",
 )
+# Text PostgreSQL cannot store, whatever the argument: a NUL character in a string
+# (22021) or a \u0000 escape in a JSON value (22P05). The caller sent it; nothing was changed.
+_UNSTORABLE_INPUT = {"22021", "22P05"}
 _SUGGESTION = re.compile(r" Did you mean .*\?$")
 # A failure the caller should simply retry says so in `extensions.retryable` (the contract's
 # code stays INTERNAL: the contract has no code of its own for it).
@@ -55,6 +58,8 @@ def error_code(error: GraphQLError) -> ErrorCode:
     if isinstance(original, GraphQLError):
         return error_code(original)
     if isinstance(original, ValueError | TypeError) and _is_coercion(error):
+        return ErrorCode.BAD_USER_INPUT
+    if _sqlstate(original) in _UNSTORABLE_INPUT:
         return ErrorCode.BAD_USER_INPUT
     return ErrorCode.INTERNAL
 
@@ -95,6 +100,14 @@ class ErrorMapper(MaskErrors):
                 log.warning("the database could not be reached in %s: %r", _where(error), error.original_error)
                 error = GraphQLError(DATABASE_UNAVAILABLE, nodes=error.nodes, path=error.path)
                 extensions = {"retryable": True}
+            elif _sqlstate(error.original_error) in _UNSTORABLE_INPUT:
+                error = GraphQLError(
+                    "an argument holds text that cannot be stored (a NUL character, or \\u0000 in JSON); "
+                    "remove it and try again",
+                    nodes=error.nodes,
+                    path=error.path,
+                )
+                extensions = {}
             elif code is ErrorCode.INTERNAL:
                 log.error("unexpected error in %s", _where(error), exc_info=error.original_error or error)
                 error = self.anonymise_error(error)
@@ -135,13 +148,19 @@ def _where(error: GraphQLError) -> str:
     return ".".join(map(str, error.path or [])) or "operation"
 
 
+def _sqlstate(original: BaseException | None) -> str | None:
+    """The PostgreSQL SQLSTATE behind a (wrapped) database error, else None."""
+    while original is not None:
+        state = getattr(original, "sqlstate", None)
+        if state:
+            return str(state)
+        original = getattr(original, "orig", None) or original.__cause__
+    return None
+
+
 def _is_statement_timeout(original: BaseException | None) -> bool:
     """PostgreSQL cancelled a statement at statement_timeout (SQLSTATE 57014)."""
-    while original is not None:
-        if getattr(original, "sqlstate", None) == "57014":
-            return True
-        original = getattr(original, "orig", None) or original.__cause__
-    return False
+    return _sqlstate(original) == "57014"
 
 
 def _is_unavailable(original: BaseException | None) -> bool:

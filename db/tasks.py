@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -12,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from ..errors import BadInput, NotFound
-from .agents import refresh_status, require_agent
+from ..errors import BadInput, LimitReached, NotFound
+from .agents import active_task_count, refresh_status, require_agent
 from .base import insert_ignore, utcnow
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
@@ -146,14 +147,23 @@ async def insert_tasks(
                 f"must be in the same project ({project_id})"
             )
     assignees: dict[str, Agent] = {}
-    for name in {item.assignee for item in items if item.assignee}:
-        assignees[name] = await require_agent(session, name, lock=True)
+    wanted = Counter(item.assignee for item in items if item.assignee)
+    for name in sorted(wanted):
+        agent = assignees[name] = await require_agent(session, name, lock=True)
+        # Pre-assigning is a claim made for the agent: it respects maxConcurrentTasks too.
+        held = await active_task_count(session, agent.id)
+        if held + wanted[name] > agent.max_concurrent_tasks:
+            raise LimitReached(
+                f"agent '{name}' holds {held} active tasks (maxConcurrentTasks {agent.max_concurrent_tasks}) and "
+                f"cannot be assigned {wanted[name]} more; assign fewer, or leave them for claimNextTask"
+            )
     skill_ids = await skill_set_ids(session, [item.required_skills for item in items])
 
     rows: list[Task] = []
     for item, skill_id in zip(items, skill_ids, strict=True):
         d = defaults.get(item.task_type) or TaskDefaults(default_timeout_minutes, default_max_attempts, 5)
-        unmet = sum(1 for i in item.depends_on if existing[i].status != TaskStatus.COMPLETED)
+        # One link per distinct dependency (below), so count each once: "dependsOn: [4, 4]" waits for one.
+        unmet = sum(1 for i in set(item.depends_on) if existing[i].status != TaskStatus.COMPLETED)
         row = Task(
             project_id=project_id,
             parent_id=item.parent_id,
@@ -444,14 +454,22 @@ async def timeouts_due(session: AsyncSession, *, now: datetime, default_minutes:
     ]
 
 
-async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> int:
-    """Hard-delete tasks soft-deleted before `older_than` (the reaper's retention purge)."""
+async def purge_deleted(session: AsyncSession, *, older_than: datetime) -> tuple[int, list[int]]:
+    """Hard-delete tasks soft-deleted before `older_than` (the reaper's retention purge).
+    Returns how many, and the live tasks that depended on them (to re-count, as after a
+    hard delete)."""
     ids = list(await session.scalars(select(Task.id).where(Task.deleted_at < older_than).limit(1000)))
     if not ids:
-        return 0
+        return 0, []
+    dependents = await session.scalars(
+        select(TaskDependency.task_id)
+        .where(TaskDependency.depends_on_id.in_(ids), TaskDependency.task_id.not_in(ids))
+        .distinct()
+    )
+    survivors = sorted(dependents)
     await session.execute(
         delete(TaskDependency).where(or_(TaskDependency.task_id.in_(ids), TaskDependency.depends_on_id.in_(ids)))
     )
     await session.execute(update(Task).where(Task.parent_id.in_(ids)).values(parent_id=None))
     await session.execute(delete(Task).where(Task.id.in_(ids)))
-    return len(ids)
+    return len(ids), survivors

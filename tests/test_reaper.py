@@ -363,6 +363,19 @@ class TestPurge:
         assert await task_rows(services) == 1
         assert (await task_state(gql, kept["id"]))["status"] == "PENDING"
 
+    async def test_purging_a_dependency_recounts_its_dependents(self, services, gql):
+        pid = await f.project(gql)
+        gone = await f.task(gql, project_id=pid, title="gone")
+        waiting = await f.task(gql, project_id=pid, title="waiting", dependsOn=[gone["id"]])
+        await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=gone["id"])
+        assert (await gql.execute(TASK, id=waiting["id"]))["task"]["ready"] is False
+
+        await Reaper(services).tick(now=utcnow() + timedelta(days=31))
+
+        # As after a hard delete: nothing left to wait for, so the dependent is ready.
+        assert (await task_state(gql, waiting["id"]))["ready"] is True
+        assert [e["type"] for e in await f.events(gql, task_id=waiting["id"])] == ["CREATED", "UNBLOCKED"]
+
     async def test_soft_deleted_task_within_retention_is_kept(self, services, gql):
         pid = await f.project(gql)
         task = await f.task(gql, project_id=pid)

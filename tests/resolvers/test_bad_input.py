@@ -314,6 +314,24 @@ class TestLimits:
         assert data["createTask"]["id"]
 
 
+class TestTextTheDatabaseCannotStore:
+    """PostgreSQL stores no NUL character in text and no \\u0000 in JSONB. Where no
+    validator looks (names that are only looked up, JSON values), the database refuses it:
+    BAD_USER_INPUT with a clean message, never INTERNAL. SQLite stores both."""
+
+    async def test_nul_in_a_looked_up_name(self, gql, world, backend):
+        query = "mutation($n: String!) { unregisterAgent(name: $n) }"
+        await fails_cleanly(gql, "BAD_USER_INPUT" if backend == "postgresql" else "NOT_FOUND", query, n="w\x001")
+
+    async def test_nul_in_a_json_result(self, gql, world, backend):
+        query = 'mutation($id: ID!, $r: JSON) { submitTask(id: $id, agent: "w1", result: $r) { status } }'
+        if backend == "sqlite":
+            assert (await gql.execute(query, id=world["claimed"], r={"k": "\x00"}))["submitTask"]["status"]
+            return
+        message = await fails_cleanly(gql, "BAD_USER_INPUT", query, id=world["claimed"], r={"k": "\x00"})
+        assert "NUL" in message
+
+
 class TestUnexpectedErrors:
     async def test_an_unexpected_exception_is_masked_as_internal(self, gql, world, monkeypatch):
         async def broken(session: Any) -> dict[str, int]:

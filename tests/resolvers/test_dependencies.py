@@ -101,6 +101,13 @@ class TestDependencyGating:
         assert (await view(gql, waiting))["ready"] is True
         assert len(await unblocked(gql, waiting)) == 1
 
+    async def test_dependency_named_twice_is_waited_for_once(self, gql, pid):
+        first = await new_task(gql, pid, "first")
+        second = await new_task(gql, pid, "second", dependsOn=[first, first])
+        assert ids((await view(gql, second))["dependencies"]) == [first]
+        await complete(gql, first)
+        assert (await view(gql, second))["ready"] is True
+
     async def test_claim_next_skips_blocked_task(self, gql, pid):
         first = await new_task(gql, pid, "first", priority=1)
         await new_task(gql, pid, "second", priority=10, dependsOn=[first])

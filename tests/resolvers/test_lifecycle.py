@@ -119,6 +119,25 @@ class TestCreateTask:
         assert [(e["type"], e["toStatus"]) for e in s["events"]] == [("CREATED", "ASSIGNED")]
         assert (await agent_state(gql, "w1"))["status"] == "BUSY"
 
+    async def test_pre_assigning_beyond_the_limit_is_limit_reached(self, gql, pid):
+        await f.agent(gql, name="solo", maxConcurrentTasks=1)
+        await f.task(gql, project_id=pid, assignee="solo")
+        before = await gql.execute("{ tasks { totalCount } }")
+        failure = await gql.error(
+            'mutation($p: ID!) { createTask(input: {projectId: $p, title: "t", taskType: "research", '
+            'assignee: "solo"}) { id } }',
+            p=pid,
+        )
+        assert failure.code == "LIMIT_REACHED"
+        batch = await gql.error(
+            'mutation($p: ID!) { createTasks(projectId: $p, tasks: [{title: "a", taskType: "research", '
+            'assignee: "w1"}, {title: "b", taskType: "research", assignee: "w1"}, {title: "c", '
+            'taskType: "research", assignee: "w1"}, {title: "d", taskType: "research", assignee: "w1"}]) { id } }',
+            p=pid,
+        )
+        assert batch.code == "LIMIT_REACHED"
+        assert await gql.execute("{ tasks { totalCount } }") == before
+
 
 class TestClaimTask:
     async def test_claim_assigns_task_and_sets_lease(self, gql, pid):
