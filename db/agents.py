@@ -59,8 +59,10 @@ async def require_agent(session: AsyncSession, name: str, *, lock: bool = False)
     return agent
 
 
-async def lock_agent_by_id(session: AsyncSession, agent_id: int) -> Agent | None:
-    return await session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update())
+async def lock_agent_by_id(session: AsyncSession, agent_id: int, *, skip_locked: bool = False) -> Agent | None:
+    """The agent locked FOR UPDATE; None when it does not exist (or, with `skip_locked`, when
+    another transaction holds it: no wait)."""
+    return await session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update(skip_locked=skip_locked))
 
 
 async def agents_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Agent]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, select, union_all
+from sqlalchemy import and_, exists, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import (
@@ -452,6 +452,16 @@ async def lock_active_tasks(session: AsyncSession, agent_id: int) -> list[Task]:
     """The agent's ASSIGNED/RUNNING tasks, locked (the caller holds the agent's lock)."""
     query = select(Task).where(Task.assignee_id == agent_id, Task.status.in_(ACTIVE_STATUSES))
     return list((await session.scalars(query.with_for_update())).all())
+
+
+async def lock_active_tasks_unless_busy(session: AsyncSession, agent_id: int) -> list[Task] | None:
+    """Like lock_active_tasks, but None at once (no wait) when another transaction holds one
+    of them: the reaper leaves that agent for a later pass rather than stall every other
+    agent's expiry behind a long transaction."""
+    query = select(Task).where(Task.assignee_id == agent_id, Task.status.in_(ACTIVE_STATUSES))
+    tasks = list((await session.scalars(query.with_for_update(skip_locked=True))).all())
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    return tasks if len(tasks) == total else None
 
 
 def _release(session: AsyncSession, task: Task, *, actor: str | None, reason: str | None) -> None:

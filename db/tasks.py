@@ -102,9 +102,10 @@ async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, T
     return {row.id: row for row in rows}
 
 
-async def lock_task(session: AsyncSession, task_id: int) -> Task | None:
-    """The task locked FOR UPDATE (deleted or not), or None when it no longer exists."""
-    return await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+async def lock_task(session: AsyncSession, task_id: int, *, skip_locked: bool = False) -> Task | None:
+    """The task locked FOR UPDATE (deleted or not), or None when it no longer exists (or,
+    with `skip_locked`, when another transaction holds it: no wait)."""
+    return await session.scalar(select(Task).where(Task.id == task_id).with_for_update(skip_locked=skip_locked))
 
 
 async def by_idempotency_keys(session: AsyncSession, project_id: int, keys: Sequence[str]) -> dict[str, Task]:
