@@ -87,6 +87,7 @@ class Services:
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
+            pre_ping=settings.db_pool_pre_ping,
             statement_timeout_seconds=settings.statement_timeout_seconds,
         )
         bus = EventBus(settings.effective_broadcast_url)
