@@ -295,10 +295,17 @@ class Bench:
         self.projects: dict[str, int] = {}
         self.http: httpx.AsyncClient | None = None
 
-    async def step(self, name: str, work: Any) -> None:
+    async def step(self, name: str, work: Any, *, fatal: bool = False) -> None:
+        """Run one part; a benchmark that fails gets a row saying so and the others still run
+        (`fatal`: the ones after it cannot, e.g. the server did not start)."""
         t0 = time.monotonic()
         try:
             await work
+        except Exception as exc:
+            if fatal:
+                raise
+            print(f"run_all: {name} failed: {exc!r}", file=sys.stderr, flush=True)
+            self.rows.append(Row(name.upper(), name, notes=f"failed: {type(exc).__name__}: {str(exc)[-200:]}"))
         finally:
             self.info.setdefault("step_seconds", {})[name] = round(time.monotonic() - t0, 1)
             print(f"run_all: {name} took {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
@@ -311,7 +318,8 @@ class Bench:
         url = await create_pg_database(args.pg_admin_dsn, self.db_name)
         self.dsn = "postgresql://" + url.split("://", 1)[1]
         await asyncio.to_thread(run_migrations, url, self.server_env, self.workdir)
-        self.server = launch_server(url, self.server_env, self.workdir)
+        workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
+        self.server = launch_server(url, self.server_env, self.workdir, workers)
         await wait_healthy(self.server)
         self.monitor = ServerMonitor(self.server.process.pid)
         self.monitor.start()
@@ -739,17 +747,23 @@ class Bench:
             extra={"client": raw_report, "pg_cpu": 100 * (pg_cpu() - pg0) / (time.monotonic() - t0)},
             notes="ran out of ready tasks" if raw_report.get("ran_out") else "",
         )
-        v1_report = self.run_client(
-            "v1",
-            "--url",
-            self.baseline_url,
-            "--project",
-            str(self.projects["b1-v1"]),
-            "--concurrency",
-            str(s.connections),
-            "--duration",
-            str(s.v1_duration),
-        )
+        service.unit = "claims/s"
+        self.pair(service, raw, TARGETS["B1"])
+        try:
+            v1_report = self.run_client(
+                "v1",
+                "--url",
+                self.baseline_url,
+                "--project",
+                str(self.projects["b1-v1"]),
+                "--concurrency",
+                str(s.connections),
+                "--duration",
+                str(s.v1_duration),
+            )
+        except Exception as exc:
+            self.rows.append(Row("B1", "v1 workflow: list pending, claim first, retry on 409", notes=f"failed: {exc}"))
+            return
         v1 = Row(
             "B1",
             "v1 workflow: list pending, claim first, retry on 409",
@@ -761,8 +775,6 @@ class Bench:
             notes=f"{v1_report['conflicts']} conflicts, lists of {v1_report['mean_list_kb']:.0f} kB",
             extra={"client": v1_report},
         )
-        service.unit = "claims/s"
-        self.pair(service, raw, TARGETS["B1"])
         v1.ratio = f"service {service.rate / v1.rate:.1f}x" if v1.rate else "service ∞x"
         self.rows.append(v1)
 
@@ -885,7 +897,8 @@ def results_md(bench: Bench, started: datetime, seconds: float) -> str:
             f"{m['python']}, PostgreSQL {bench.info.get('postgres', '?')} (127.0.0.1), {m['wrk']}. Load average at the"
             f" start: {' '.join(f'{x:.2f}' for x in m['loadavg'])}"
             " (the machine is shared: compare ratios, not absolutes).",
-            f"Service: one `task-service serve` process, server settings: {env}. "
+            f"Service: `task-service serve`{' --workers ' + str(bench.args.workers) if bench.args.workers > 1 else ''}"
+            f" (B1, B2, B5-B7), server settings: {env}. "
             f"Load: wrk, {bench.sizes.connections} connections, {bench.sizes.duration:g} s per run after a"
             f" {bench.sizes.warmup:g} s warm-up; tasks in the database for B5: {bench.info.get('tasks_total', 0):,}.",
             "",
@@ -924,10 +937,10 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     try:
         if only & {"b1", "b2", "b5", "b6", "b7"}:
-            await bench.step("start", bench.start())
+            await bench.step("start", bench.start(), fatal=True)
             if "b6" in only:
                 await bench.step("b6", bench.b6())
-            await bench.step("seed", bench.seed())
+            await bench.step("seed", bench.seed(), fatal=True)
             for name in ("b7", "b2", "b5", "b1"):
                 if name in only:
                     await bench.step(name, getattr(bench, name)())
@@ -971,6 +984,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a service setting for every server started (repeatable)",
     )
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, --quick 1.5)")
+    parser.add_argument("--workers", type=int, default=1, help="`serve --workers N` for B1, B2, B5-B7 (default 1)")
     parser.add_argument("--b1-tasks", type=int, help="ready tasks for B1 (default 40,000; --quick 2,000)")
     parser.add_argument("--b3", action="append", default=[], metavar="ARG", help="extra argument for b3_fanout.py")
     parser.add_argument(
