@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import QueuePool
 
 from .db.effects import EffectSession
 from .db.health import service_counts
 from .db.lifecycle import Policy
-from .db.session import create_engine, create_sessionmaker
+from .db.session import Sessionmaker, create_engine, create_sessionmaker
 from .db.stats import DashboardCounts, dashboard_counts
 from .events.bus import EventBus
 from .events.publish import Publisher, publisher_for
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Services:
     settings: Settings
     engine: AsyncEngine
-    sessionmaker: async_sessionmaker[EffectSession]
+    sessionmaker: Sessionmaker
     bus: EventBus
     metrics: Metrics = field(default_factory=Metrics)
     sequencer: Sequencer = field(init=False)  # runs on PostgreSQL only (events/publish.py)

@@ -73,6 +73,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[EffectSession]:
+# What every part of the service opens sessions with (made by create_sessionmaker).
+Sessionmaker = async_sessionmaker[EffectSession]
+
+
+def create_sessionmaker(engine: AsyncEngine) -> Sessionmaker:
     """Sessions that carry the Effects of their transaction (db/effects.py)."""
     return async_sessionmaker(engine, class_=EffectSession, expire_on_commit=False, autoflush=False)

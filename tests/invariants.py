@@ -1,4 +1,4 @@
-"""The invariants of DESIGN.md's lifecycle, checked straight from the database.
+"""The invariants of the lifecycle (docs/ARCHITECTURE.md), checked straight from the database.
 
 `check(services)` reads every table in one session and returns the violations as
 sentences (empty: all hold). The fuzzers call it after every step; a test of a single

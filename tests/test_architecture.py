@@ -6,6 +6,7 @@ lint-imports (CI) enforces the contract; this keeps the picture from drifting aw
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -47,3 +48,20 @@ class TestLayerDiagram:
         layers = diagram_layers()
         assert len(layers) >= 6
         assert any(len(layer) > 1 for layer in layers)
+
+
+class TestTheKnowledgeIsInTheRepository:
+    def test_nothing_cites_the_design_document_outside_the_repository(self) -> None:
+        # The design knowledge the code relies on is in docs/ARCHITECTURE.md; a reference to
+        # the original design document would send a reader somewhere they cannot follow.
+        outside = "DESIGN" + ".md"
+        files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        citing = [
+            name
+            for name in files.splitlines()
+            if name.endswith((".py", ".md", ".toml", ".sh", ".yaml", ".yml", ".js", ".html", ".conf"))
+            and not name.startswith("web/vendor/")
+            and (REPO / name).is_file()
+            and outside in (REPO / name).read_text(errors="replace")
+        ]
+        assert not citing, f"these cite {outside}; point them to docs/ARCHITECTURE.md: {citing}"

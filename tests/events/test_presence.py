@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
 from task_service.api.schema import build_schema
 from task_service.db.base import utcnow
+from task_service.db.session import create_engine, create_sessionmaker
 from task_service.reaper import Reaper
+from task_service.services import Services
 from tests import factories as f
 from tests.conftest import Client, empty_database
-from tests.events.helpers import AGENT_PRESENCE, Sub, another_process
+from tests.events.helpers import AGENT_PRESENCE, Collector, Sub, another_process
+from tests.statements import count_statements
 
 
 def change(event: dict) -> tuple[str, str | None, str]:
@@ -91,3 +97,46 @@ class TestAgentPresence:
             await f.claim(gql, task_id=task["id"], agent="a")
             event = await sub.next()
         assert change(event) == ("a", "ONLINE", "BUSY")
+
+
+@contextlib.asynccontextmanager
+async def writer_beside(services: Services) -> AsyncIterator[Services]:
+    """`services` with an engine of its own but the same bus: its mutations reach
+    `services`' subscribers, and every statement on `services`' engine is theirs."""
+    engine = create_engine(services.settings.database_url)
+    try:
+        yield dataclasses.replace(services, engine=engine, sessionmaker=create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+class TestSharedAgentLoads:
+    async def test_many_subscribers_cost_one_agent_query_per_change(self, gql, schema, services):
+        subscribers = 20
+        pid = await f.project(gql)
+        await f.agent(gql, name="a")
+        task = await f.task(gql, project_id=pid)
+        async with writer_beside(services) as writer, contextlib.AsyncExitStack() as stack:
+            writing = Client(schema, writer)
+            collectors = []
+            for _ in range(subscribers):
+                sub = await stack.enter_async_context(Sub(schema, services, AGENT_PRESENCE))
+                collectors.append(await stack.enter_async_context(Collector(sub)))
+            for collector in collectors:
+                await collector.wait_for_count(1)  # the snapshot: each subscriber now listens
+
+            with count_statements(services) as reads:
+                await f.claim(writing, task_id=task["id"], agent="a")
+                for collector in collectors:
+                    await collector.wait_for_count(2)
+                await f.transition(writing, "releaseTask", id=task["id"], agent="a")
+                for collector in collectors:
+                    await collector.wait_for_count(3)
+
+        agent_reads = reads.selects_from("agents")
+        assert len(agent_reads) == 2, f"{len(agent_reads)} agent queries for 2 changes and {subscribers} subscribers"
+        for collector in collectors:
+            snapshot, busy, online = collector.values
+            assert change(snapshot) == ("a", None, "ONLINE")
+            assert (change(busy), busy["agent"]["status"]) == (("a", "ONLINE", "BUSY"), "BUSY")
+            assert (change(online), online["agent"]["status"]) == (("a", "BUSY", "ONLINE"), "ONLINE")

@@ -3,8 +3,8 @@ still completes exactly once, and each orphaned task is claimable again (requeue
 reaper with LEASE_EXPIRED) within HEARTBEAT_TIMEOUT_SECONDS + REAPER_INTERVAL_SECONDS of
 its agent's last sign of life, by the server's clock.
 
-That bound is the design's correctness promise (DESIGN.md, "Presence, leases and the
-reaper"), so it is what the test asserts, with a margin for a reaper tick on a loaded
+That bound is the design's correctness promise (docs/ARCHITECTURE.md, "Presence and
+leases"), so it is what the test asserts, with a margin for a reaper tick on a loaded
 2-core machine; how soon it happens is printed, not asserted."""
 
 from __future__ import annotations

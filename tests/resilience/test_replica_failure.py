@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from task_service.reaper import LEADER_LOCK_KEY
+from task_service.db.leader import LEADER_LOCK_KEY
 from tests.e2e.conftest import Server, fresh_pg_database, graphql_client, running_server
 from tests.e2e.test_concurrency import CLAIM
 from tests.ops.helpers import sample, scrape

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy import text
 
+from task_service.api.schema import Schema
 from task_service.reaper import Reaper
 from task_service.resolvers.auth import Caller, Role
 from task_service.resolvers.context import Context
-from task_service.schema.root import Schema
 from task_service.services import Services
 from tests import invariants
 from tests.conftest import empty_database
