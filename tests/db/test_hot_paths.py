@@ -131,3 +131,19 @@ class TestHeartbeat:
         await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=task["id"])
         beat = (await gql.execute(HEARTBEAT))["heartbeat"]
         assert beat["status"] == "ONLINE"
+
+
+class TestReads:
+    async def test_task_by_id_is_one_statement_without_a_transaction(self, gql, services, backend):
+        """A read sends its SELECT alone; on PostgreSQL on an autocommit connection, so without
+        a BEGIN before it and a ROLLBACK after (asyncpg sends those outside the cursor)."""
+        pid = await f.project(gql)
+        task = await f.task(gql, project_id=pid)
+        with count_statements(services) as counter:
+            data = await gql.execute("query($id: ID!) { task(id: $id) { id status } }", id=task["id"])
+        assert data["task"] == {"id": task["id"], "status": "PENDING"}
+        assert len(work(counter)) == 1, work(counter)
+        if backend == "postgresql":
+            async with services.read() as session:
+                conn = await session.connection()
+                assert conn.sync_connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
