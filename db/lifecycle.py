@@ -238,7 +238,7 @@ async def claim_next_by_name(
     )
     query = select(picked).add_cte(event.cte("event"), counted.cte("counted"), renewed.cte("renewed"))
     statement = select(Task).from_statement(query).execution_options(statement_name=CLAIM_NEXT)
-    task = (await session.scalars(statement)).first()
+    task: Task | None = (await session.scalars(statement)).first()
     if task is None:
         return None
     effects_of(session).events.append(
