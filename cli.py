@@ -145,6 +145,7 @@ def serve_command(args: argparse.Namespace) -> int:
         # own handling would trust 127.0.0.1 by default.
         proxy_headers=False,
         ws_max_size=settings.max_body_bytes,
+        ws_per_message_deflate=settings.ws_compression,
     )
     return 0
 

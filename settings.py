@@ -44,8 +44,11 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = []
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
-    db_pool_size: int = Field(5, ge=1, le=1000)
-    db_max_overflow: int = Field(15, ge=0, le=1000)
+    # Connections kept open per process: at least the concurrent requests expected (each
+    # holds one while it runs); overflow connections are opened and closed per request.
+    db_pool_size: int = Field(20, ge=1, le=1000)
+    db_max_overflow: int = Field(0, ge=0, le=1000)
+    db_pool_pre_ping: bool = True
     heartbeat_timeout_seconds: float = Field(90, gt=0)
     lease_seconds: float | None = Field(None, gt=0)
     reaper_interval_seconds: float = Field(5, gt=0)
@@ -76,6 +79,9 @@ class Settings(BaseSettings):
     max_subscriber_lag: int = Field(10_000, ge=1)
     stats_min_interval_seconds: float = Field(0.5, ge=0)
     ws_keepalive_seconds: float = Field(15, gt=0)
+    # permessage-deflate on WebSockets: off by default, since with many subscribers the
+    # per-message compression costs more server CPU than the bytes it saves on a LAN.
+    ws_compression: bool = False
     graphiql: bool | None = None
     introspection: bool | None = None
     auto_migrate: bool | None = None

@@ -83,6 +83,12 @@ class ErrorMapper(MaskErrors):
     def _unexpected(error: GraphQLError) -> bool:
         return error_code(error) is ErrorCode.INTERNAL
 
+    def _process_result(self, result: object) -> None:
+        # Strawberry's first asks isinstance() of a runtime Protocol, which costs more than the
+        # rest of a small subscription event; nearly every result has no errors at all.
+        if getattr(result, "errors", None):
+            super()._process_result(result)
+
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         processed: list[GraphQLError] = []
         seen: set[tuple[str, str]] = set()

@@ -16,7 +16,8 @@ the key: the Context's `result_scope`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast, visit
@@ -24,6 +25,48 @@ from graphql.execution.values import VariableValues
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from ..schema.sharing import SHARE_ATTRIBUTE
+
+
+class SharedPayloads:
+    """The JSON of shared results' `{"data": ...}` payloads, encoded once per result.
+
+    Every subscriber of a shared result gets the same `data` object (strawberry wraps it in
+    its own ExecutionResult per subscriber, but keeps the object), so its encoded payload is
+    found by identity: the transport (api/transport.py) asks `encoded(data)` when it sends a
+    `next` message and splices the text in, instead of encoding the same data once per
+    subscriber. Entries hold their data, so an id is never reused while it is here; the
+    oldest are dropped beyond `capacity`.
+    """
+
+    def __init__(self, capacity: int = 1024):
+        self._capacity = capacity
+        self._entries: OrderedDict[int, tuple[object, str | None]] = OrderedDict()
+        self.encoded_count = 0
+
+    def register(self, data: object) -> None:
+        """`data` is a shared result's: its payload may be encoded once for every subscriber."""
+        if data is None or id(data) in self._entries:
+            return
+        self._entries[id(data)] = (data, None)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def encoded(self, data: object, encode: Callable[[object], str | bytes]) -> str | None:
+        """The JSON text of `{"data": data}`, encoded on first use; None when `data` is not
+        a shared result's."""
+        entry = self._entries.get(id(data))
+        if entry is None or entry[0] is not data:
+            return None
+        text = entry[1]
+        if text is None:
+            raw = encode({"data": data})
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            self._entries[id(data)] = (data, text)
+            self.encoded_count += 1
+        return text
+
+
+shared_payloads = SharedPayloads()
 
 
 class _VariableNames(Visitor):
@@ -37,18 +80,15 @@ class _VariableNames(Visitor):
 
 class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
     _selection_key: Hashable | None = None
-    _share_key: Hashable | None = None
 
     def build_per_event_executor(self, payload: Any) -> Any:
-        executor = super().build_per_event_executor(payload)
         event_key = getattr(payload, SHARE_ATTRIBUTE, None)
-        if (
-            isinstance(executor, SharingExecutionContext)
-            and event_key is not None
-            and getattr(self.context_value, "shared_results", None) is not None
-        ):
-            executor._share_key = (event_key, self._selection(), getattr(self.context_value, "result_scope", None))
-        return executor
+        if event_key is None or getattr(self.context_value, "shared_results", None) is None:
+            return super().build_per_event_executor(payload)
+        # graphql-core copies the whole executor for each event and subscriber; a shared
+        # event needs that copy only once per selection, to compute the shared result.
+        share_key = (event_key, self._selection(), getattr(self.context_value, "result_scope", None))
+        return _SharedEvent(self, payload, share_key)
 
     def _selection(self) -> Hashable:
         """The operation's per-event shape: the root fields' selections (not their arguments,
@@ -81,18 +121,32 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             self._selection_key = (tuple(parts), values)
         return self._selection_key
 
+
+class _SharedEvent:
+    """What `build_per_event_executor` returns for a shared event: graphql-core only calls
+    its `execute_operation`, which hands out the shared result, executing the selection
+    (on a real per-event executor) for the first subscriber only."""
+
+    __slots__ = ("_key", "_parent", "_payload")
+
+    def __init__(self, parent: SharingExecutionContext, payload: Any, key: Hashable):
+        self._parent = parent
+        self._payload = payload
+        self._key = key
+
     def execute_operation(self, serially: bool | None = None) -> Any:
-        if self._share_key is None:
-            return super().execute_operation(serially)
-        execute = super().execute_operation
+        parent, payload = self._parent, self._payload
 
         async def run() -> ExecutionResult:
-            result = execute(serially)
-            if self.is_awaitable(result):
+            executor = StrawberryGraphQLCoreExecutionContext.build_per_event_executor(parent, payload)
+            result = executor.execute_operation(serially)
+            if parent.is_awaitable(result):
                 result = await result
+            if isinstance(result, ExecutionResult) and not result.errors:
+                shared_payloads.register(result.data)
             return result  # type: ignore[return-value]
 
-        return self.context_value.shared_results.get(self._share_key, run, keep=lambda r: not r.errors)
+        return parent.context_value.shared_results.get(self._key, run, keep=lambda r: not r.errors)
 
 
-__all__ = ["SharingExecutionContext"]
+__all__ = ["SharingExecutionContext", "shared_payloads"]

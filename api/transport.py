@@ -48,6 +48,7 @@ from ..resolvers.auth import authenticate, header_credentials
 from ..resolvers.context import Context
 from ..services import Services
 from ..settings import Settings
+from .shared_results import shared_payloads
 
 # The static dashboard and GraphiQL's page, with their vendored libraries (web/vendor/).
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -264,6 +265,18 @@ class GraphQLApp(GraphQL[Context, None]):
                 {"message": context.caller.problem, "extensions": {"code": ErrorCode.UNAUTHENTICATED.value}}
             )
         return cast(UnsetType, UNSET)  # no payload in connection_ack
+
+    def encode_json(self, data: object) -> str | bytes:
+        """Strawberry's, except that a `next` message carrying a shared subscription result
+        reuses that result's payload, encoded once for all its subscribers
+        (api/shared_results.py); only the operation id differs per subscriber."""
+        if type(data) is dict and data.get("type") == "next":
+            payload = data.get("payload")
+            if type(payload) is dict and len(payload) == 1 and "data" in payload:
+                encoded = shared_payloads.encoded(payload["data"], super().encode_json)
+                if encoded is not None:
+                    return f'{{"id":{json.dumps(data["id"])},"type":"next","payload":{encoded}}}'
+        return super().encode_json(data)
 
     def decode_json(self, data: str | bytes) -> object:
         if len(data) > self.settings.max_body_bytes:

@@ -412,12 +412,14 @@ def run_migrations(database_url: str, env_extra: dict[str, str], workdir: Path) 
         raise RuntimeError(f"task-service migrate failed: {done.stderr.decode(errors='replace')[-2000:]}")
 
 
-def launch_server(database_url: str, env_extra: dict[str, str], workdir: Path) -> Server:
+def launch_server(
+    database_url: str, env_extra: dict[str, str], workdir: Path, extra_args: tuple[str, ...] = ()
+) -> Server:
     port = free_port()
     log_path = workdir / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [*service_command(), "serve", "--host", HOST, "--port", str(port)],
+            [*service_command(), "serve", "--host", HOST, "--port", str(port), *extra_args],
             env=service_env(database_url, env_extra),
             cwd=workdir,
             stdout=log_file,

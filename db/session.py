@@ -4,39 +4,52 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from .effects import EffectSession
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
 
 def create_engine(
     url: str,
     *,
-    pool_size: int = 5,
-    max_overflow: int = 15,
+    pool_size: int = 20,
+    max_overflow: int = 0,
+    pre_ping: bool = True,
     statement_timeout_seconds: float = 0,
     **kwargs: Any,
 ) -> AsyncEngine:
     """An async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite), tuned for the service.
 
-    On PostgreSQL, `statement_timeout_seconds` (0: none) bounds every statement of the pool's
+    On PostgreSQL the pool keeps up to `pool_size` connections open once they have been
+    opened (a request that finds none idle waits for one; `max_overflow` more are opened
+    for it and closed again right after, which costs a connection setup per request when
+    the concurrency stays above `pool_size`). `pre_ping` checks each connection with a round
+    trip before it is handed out (a restarted database then costs no request an error).
+    A loopback database is reached without first asking for TLS, unless the URL says how
+    (`?ssl=...`). `statement_timeout_seconds` (0: none) bounds every statement of the pool's
     connections, so no request can hold a connection and its locks indefinitely.
     """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, poolclass=NullPool if ":memory:" not in url else None, **kwargs)
         _configure_sqlite(engine)
         return engine
+    connect_args = dict(kwargs.pop("connect_args", {}))
     if statement_timeout_seconds > 0:
-        server_settings = {"statement_timeout": str(int(statement_timeout_seconds * 1000))}
-        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "server_settings": server_settings}
+        connect_args["server_settings"] = {"statement_timeout": str(int(statement_timeout_seconds * 1000))}
+    parsed = make_url(url)
+    if parsed.host in LOOPBACK_HOSTS and not {"ssl", "sslmode"} & set(parsed.query):
+        connect_args.setdefault("ssl", False)  # asyncpg's default ("prefer") would try TLS first
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
+        connect_args=connect_args,
         **kwargs,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from starlette.requests import Request
@@ -27,13 +28,15 @@ class Context:
     caller: Caller = field(default_factory=Caller.open)
     # The WebSocket connection_init payload; strawberry sets it before on_ws_connect.
     connection_params: dict[str, Any] | None = None
-    loaders: Loaders = field(init=False)
     subscriptions: int = 0
 
-    def __post_init__(self) -> None:
-        # A WebSocket connection shares one context across operations and over time, so its
-        # loaders batch but never cache: each subscription event must see fresh rows.
-        self.loaders = Loaders(self.services, cache=not isinstance(self.request, WebSocket))
+    @cached_property
+    def loaders(self) -> Loaders:
+        """Made on first use (most requests read one row or none through them).
+
+        A WebSocket connection shares one context across operations and over time, so its
+        loaders batch but never cache: each subscription event must see fresh rows."""
+        return Loaders(self.services, cache=not isinstance(self.request, WebSocket))
 
     @property
     def settings(self) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import cached_property
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,15 +27,44 @@ class Loaders:
     def __init__(self, services: Services, *, cache: bool = True):
         self._services = services
         self._cache = cache
-        self.project: DataLoader[int, Project | None] = self._rows(db_projects.projects_by_ids)
-        self.agent: DataLoader[int, Agent | None] = self._rows(db_agents.agents_by_ids)
-        self.task: DataLoader[int, Task | None] = self._rows(db_tasks.tasks_by_ids)
-        self.dependencies: DataLoader[int, list[Task]] = self._groups(db_dependencies.dependencies_of)
-        self.dependents: DataLoader[int, list[Task]] = self._groups(db_dependencies.dependents_of)
-        self.subtasks: DataLoader[int, list[Task]] = self._groups(db_tasks.children_of)
-        self.current_tasks: DataLoader[int, list[Task]] = self._groups(db_agents.held_tasks)
-        self.project_counts: DataLoader[int, dict[str, int]] = self._groups(db_projects.status_counts)
-        self.events: DataLoader[tuple[int, int], list[TaskEvent]] = DataLoader(self._events, cache=cache)
+
+    # Each loader is made when a resolver first asks for it: a request that reads one task
+    # pays for one DataLoader, not nine.
+    @cached_property
+    def project(self) -> DataLoader[int, Project | None]:
+        return self._rows(db_projects.projects_by_ids)
+
+    @cached_property
+    def agent(self) -> DataLoader[int, Agent | None]:
+        return self._rows(db_agents.agents_by_ids)
+
+    @cached_property
+    def task(self) -> DataLoader[int, Task | None]:
+        return self._rows(db_tasks.tasks_by_ids)
+
+    @cached_property
+    def dependencies(self) -> DataLoader[int, list[Task]]:
+        return self._groups(db_dependencies.dependencies_of)
+
+    @cached_property
+    def dependents(self) -> DataLoader[int, list[Task]]:
+        return self._groups(db_dependencies.dependents_of)
+
+    @cached_property
+    def subtasks(self) -> DataLoader[int, list[Task]]:
+        return self._groups(db_tasks.children_of)
+
+    @cached_property
+    def current_tasks(self) -> DataLoader[int, list[Task]]:
+        return self._groups(db_agents.held_tasks)
+
+    @cached_property
+    def project_counts(self) -> DataLoader[int, dict[str, int]]:
+        return self._groups(db_projects.status_counts)
+
+    @cached_property
+    def events(self) -> DataLoader[tuple[int, int], list[TaskEvent]]:
+        return DataLoader(self._events, cache=self._cache)
 
     def _rows(self, fetch: Fetch[V]) -> DataLoader[int, V | None]:
         """Rows by id: None for an id without one."""

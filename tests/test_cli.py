@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -174,3 +175,46 @@ class TestSeed:
         for agent in ("researcher", "writer", "designer"):
             assert f"  {agent} (" in first.stdout
         assert first.stdout.count("token: ") == 3
+
+
+class TestWebSocketCompression:
+    """`serve` negotiates permessage-deflate only with WS_COMPRESSION on: with many
+    subscribers the per-message compression costs more CPU than it saves (bench/PROFILE.md)."""
+
+    @pytest.mark.parametrize(("setting", "negotiated"), [(None, False), ("true", True), ("false", False)])
+    def test_compression_follows_the_setting(self, tmp_path: Path, setting: str | None, negotiated: bool) -> None:
+        port = _free_port()
+        env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+        if setting is not None:
+            env["WS_COMPRESSION"] = setting
+        server = subprocess.Popen(
+            [_script(), "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            _wait_for(f"http://127.0.0.1:{port}/health", server)
+            extensions = asyncio.run(_ws_extensions(port))
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        assert ("permessage-deflate" in extensions) is negotiated, extensions
+
+
+async def _ws_extensions(port: int) -> str:
+    """The extensions the server accepted for a WebSocket that offers permessage-deflate, as
+    browsers do."""
+    from websockets.asyncio.client import connect
+
+    async with connect(
+        f"ws://127.0.0.1:{port}/graphql", subprotocols=["graphql-transport-ws"], compression="deflate"
+    ) as ws:
+        assert ws.response is not None
+        return ws.response.headers.get("Sec-WebSocket-Extensions") or ""

@@ -78,7 +78,7 @@ class TestMetrics:
             await until(server, "task_service_reaper_runs_total", 1, outcome="ok")
             metrics = await scrape(server.url)
             assert sample(metrics, "task_service_reaper_leader") == 1
-            assert sample(metrics, "task_service_db_pool_size") == 5
+            assert sample(metrics, "task_service_db_pool_size") == 20
             assert sample(metrics, "task_service_bus_connected") == 1
 
             await self.subscriptions_are_counted(server, gql, pid)

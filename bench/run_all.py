@@ -1,0 +1,1017 @@
+"""Every benchmark of issue 10 in one run, each beside its baseline, in one table.
+
+    python bench/run_all.py                 # the full run (about 5 minutes), writes bench/RESULTS.md
+    python bench/run_all.py --quick         # a smoke run with tiny sizes (well under a minute)
+    python bench/run_all.py --only b1,b7    # some of them (b1 b2 b3 b4 b5 b6 b7)
+    python bench/run_all.py --server-env DB_POOL_SIZE=20   # measure a setting
+
+The machine is shared and busy, so absolute figures move between runs: every throughput is
+compared with a baseline measured in the same run, just before or after, on the same
+PostgreSQL database, at the same concurrency:
+
+- B1: `claimNextTask(agent, projectId)`, 40 agents over 20 connections, 40k ready tasks;
+  baselines: a raw asyncpg `UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)`
+  loop on 20 connections, and the v1 workflow (list every pending task over HTTP, claim the
+  first by id, retry on 409) with 20 agents against a Starlette + asyncpg server.
+- B2: `heartbeat(agent)`, 50 agents over 20 connections; baseline: a Starlette + asyncpg
+  `UPDATE agents` endpoint under uvicorn.
+- B5: `dashboardStats` with >= 100k tasks, one connection (target p50 < 20 ms).
+- B6: `createTasks`, 100 calls x 100 tasks, one at a time (target >= 2,000 tasks/s).
+- B7: `query($id: ID!) { task(id: $id) { id status } }` over 1,000 ids, 20 connections;
+  baseline: a Starlette + asyncpg `SELECT id, status` endpoint under uvicorn.
+- B3, B4: bench/b3_fanout.py and bench/b4_claim_backlog.py, run as they are (B4 compares
+  with the same claims without a backlog).
+
+HTTP load comes from wrk (2 threads, Lua scripts that cycle through pre-formatted requests
+with one agent name or id each) or, for what wrk cannot express, from bench/raw_clients.py in
+a separate process; the table reports the CPU the load generator took. The service is a real
+`task-service serve` subprocess on a fresh PostgreSQL database (created here and dropped at
+the end) with every service setting removed from its environment (API_KEY unset, RATE_LIMIT
+off), except --server-env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from b3_fanout import (
+    DEFAULT_PG_ADMIN_DSN,
+    HOST,
+    Server,
+    ServerMonitor,
+    cpu_seconds,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    git_state,
+    graphql,
+    launch_server,
+    run_migrations,
+    wait_healthy,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "RESULTS.md"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+
+CREATE_PROJECT = "mutation($input: CreateProjectInput!) { createProject(input: $input) { id } }"
+CREATE_TASKS = "mutation($p: ID!, $tasks: [CreateTaskInput!]!) { createTasks(projectId: $p, tasks: $tasks) { id } }"
+REGISTER = "mutation($input: RegisterAgentInput!) { registerAgent(input: $input) { agent { id } } }"
+CLAIM_NEXT = "mutation($a: String, $p: ID) { claimNextTask(agent: $a, projectId: $p) { id } }"
+HEARTBEAT = "mutation($a: String) { heartbeat(agent: $a) { id status } }"
+TASK = "query($id: ID!) { task(id: $id) { id status } }"
+STATS = (
+    "{ dashboardStats { projects { total active } tasks { total pending ready assigned running reviewing "
+    "completed failed cancelled } agents { total online busy offline } deleted { projects tasks agents } "
+    "recentEvents { id type } generatedAt } }"
+)
+UNSEQUENCED_SQL = "SELECT count(*) FROM task_events WHERE seq IS NULL"
+
+TARGETS = {
+    "B1": "≥ 0.15x raw; ≥ 20x v1",
+    "B2": "≥ 0.3x raw",
+    "B3": "p99 < 1 s, 0 lost, RSS < 300 MB",
+    "B4": "p50 ≤ 2x no backlog",
+    "B5": "p50 < 20 ms",
+    "B6": "≥ 2,000 tasks/s",
+    "B7": "≥ 0.35x raw",
+}
+
+WRK_LUA = r"""
+local bodies = %(bodies)s
+local method = "%(method)s"
+local path = "%(path)s"
+local null_marker = %(null_marker)s
+local threads = {}
+local thread_count = 0
+errors = 0
+nulls = 0
+local requests = {}
+local counter = 0
+
+function setup(thread)
+  thread:set("tid", thread_count)
+  thread_count = thread_count + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  for i, body in ipairs(bodies) do
+    requests[i] = wrk.format(method, path, {["Content-Type"] = "application/json"}, body)
+  end
+  -- threads start at different places in the list, so agents spread over connections
+  counter = ((tid or 0) * 7919) %% #requests
+end
+
+function request()
+  counter = counter %% #requests + 1
+  return requests[counter]
+end
+
+function response(status, headers, body)
+  if status ~= 200 or string.find(body, '"errors"', 1, true) then
+    errors = errors + 1
+  elseif null_marker and string.find(body, null_marker, 1, true) then
+    nulls = nulls + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local e, n = 0, 0
+  for _, thread in ipairs(threads) do
+    e = e + (thread:get("errors") or 0)
+    n = n + (thread:get("nulls") or 0)
+  end
+  io.write(string.format(
+    'WRKJSON {"requests":%%d,"duration_us":%%d,"p50_us":%%d,"p99_us":%%d,"mean_us":%%f,' ..
+    '"socket_errors":%%d,"timeouts":%%d,"status_errors":%%d,"errors":%%d,"nulls":%%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.mean,
+    summary.errors.connect + summary.errors.read + summary.errors.write, summary.errors.timeout,
+    summary.errors.status, e, n))
+end
+"""
+
+
+def lua_string(value: str) -> str:
+    return "[==[" + value + "]==]"
+
+
+@dataclass
+class Row:
+    bench: str
+    what: str
+    rate: float | None = None  # per second
+    unit: str = "req/s"
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    server_cpu: float | None = None  # % of one core
+    server_rss_mb: float | None = None
+    gen_cpu: float | None = None  # % of one core
+    ratio: str = ""
+    target: str = ""
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sizes:
+    b1_tasks: int
+    b1_agents: int
+    b2_agents: int
+    b5_tasks: int
+    b6_calls: int
+    b6_size: int
+    b7_ids: int
+    duration: float
+    warmup: float
+    v1_duration: float
+    connections: int
+    b3_args: list[str]
+    b4_args: list[str]
+
+
+FULL = Sizes(
+    b1_tasks=40_000,
+    b1_agents=40,
+    b2_agents=50,
+    b5_tasks=100_000,
+    b6_calls=100,
+    b6_size=100,
+    b7_ids=1000,
+    duration=10.0,
+    warmup=2.0,
+    v1_duration=10.0,
+    connections=20,
+    b3_args=["--subscribers", "2000", "--duration", "30", "--rate", "10"],
+    b4_args=[],
+)
+QUICK = Sizes(
+    b1_tasks=1_000,
+    b1_agents=40,
+    b2_agents=50,
+    b5_tasks=2_000,
+    b6_calls=3,
+    b6_size=100,
+    b7_ids=100,
+    duration=1,
+    warmup=0,
+    v1_duration=1,
+    connections=20,
+    b3_args=["--subscribers", "10", "--duration", "2", "--grace", "5", "--warmup", "1"],
+    b4_args=[
+        "--blocked",
+        "200",
+        "--non-matching",
+        "50",
+        "--scheduled",
+        "50",
+        "--ready",
+        "50",
+        "--claims",
+        "10",
+        "--warmup-claims",
+        "2",
+        "--batch",
+        "500",
+    ],
+)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pg_cpu() -> float:
+    """CPU seconds of every PostgreSQL process on the machine (other databases' too)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry))
+            except OSError:
+                pass
+    return total
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        mem = f"{int(Path('/proc/meminfo').read_text().split()[1]) / 2**20:.1f} GB"
+    wrk_version = ""
+    with contextlib.suppress(Exception):
+        wrk_version = subprocess.run([WRK, "-v"], capture_output=True, text=True, timeout=5).stdout.split("\n")[0]
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": wrk_version.strip(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, workdir: Path):
+        self.args = args
+        self.sizes = sizes
+        self.workdir = workdir
+        self.rows: list[Row] = []
+        self.info: dict[str, Any] = {}
+        self.server: Server | None = None
+        self.baseline: subprocess.Popen[bytes] | None = None
+        self.baseline_url = ""
+        self.monitor: ServerMonitor | None = None
+        self.db_name = ""
+        self.dsn = ""  # plain postgresql:// for asyncpg
+        self.projects: dict[str, int] = {}
+        self.http: httpx.AsyncClient | None = None
+
+    async def step(self, name: str, work: Any, *, fatal: bool = False) -> None:
+        """Run one part; a benchmark that fails gets a row saying so and the others still run
+        (`fatal`: the ones after it cannot, e.g. the server did not start)."""
+        t0 = time.monotonic()
+        try:
+            await work
+        except Exception as exc:
+            if fatal:
+                raise
+            print(f"run_all: {name} failed: {exc!r}", file=sys.stderr, flush=True)
+            self.rows.append(Row(name.upper(), name, notes=f"failed: {type(exc).__name__}: {str(exc)[-200:]}"))
+        finally:
+            self.info.setdefault("step_seconds", {})[name] = round(time.monotonic() - t0, 1)
+            print(f"run_all: {name} took {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    # -- infrastructure ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        args = self.args
+        self.db_name = f"bench_all_{uuid.uuid4().hex[:10]}"
+        url = await create_pg_database(args.pg_admin_dsn, self.db_name)
+        self.dsn = "postgresql://" + url.split("://", 1)[1]
+        await asyncio.to_thread(run_migrations, url, self.server_env, self.workdir)
+        workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
+        self.server = launch_server(url, self.server_env, self.workdir, workers)
+        await wait_healthy(self.server)
+        self.monitor = ServerMonitor(self.server.process.pid)
+        self.monitor.start()
+        port = free_port()
+        self.baseline_url = f"http://{HOST}:{port}"
+        env = {**os.environ, "BENCH_DSN": self.dsn, "BENCH_POOL": str(self.sizes.connections)}
+        self.baseline = subprocess.Popen(  # noqa: ASYNC220 (starts at once; nothing waits on it here)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "baseline_app:create_app",
+                "--factory",
+                "--app-dir",
+                str(BENCH_DIR),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            env=env,
+            stdout=(self.workdir / "baseline.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        async with httpx.AsyncClient(base_url=self.baseline_url, timeout=2, trust_env=False) as http:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                if self.baseline.poll() is not None:
+                    raise RuntimeError("the baseline server exited: " + (self.workdir / "baseline.log").read_text())
+                await asyncio.sleep(0.1)
+        self.http = httpx.AsyncClient(base_url=self.server.url, timeout=300, trust_env=False)
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            self.info["postgres"] = await conn.fetchval("SHOW server_version")
+        finally:
+            await conn.close()
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.args.server_env)
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.server is not None:
+            self.server.stop()
+            self.info["server_log_problems"] = self.server.log_problems()
+            if self.info["server_log_problems"]:
+                self.info["server_log_tail"] = self.server.log_tail(30)
+        if self.baseline is not None and self.baseline.poll() is None:
+            self.baseline.terminate()
+            try:
+                self.baseline.wait(10)
+            except subprocess.TimeoutExpired:
+                self.baseline.kill()
+                self.baseline.wait(5)
+        if self.db_name:
+            await drop_pg_database(self.args.pg_admin_dsn, self.db_name)
+
+    async def sql(self, query: str, *params: Any) -> Any:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await conn.fetch(query, *params)
+        finally:
+            await conn.close()
+
+    async def gql(self, query: str, **variables: Any) -> dict[str, Any]:
+        assert self.http is not None
+        return await graphql(self.http, query, **variables)
+
+    async def project(self, name: str) -> int:
+        data = await self.gql(CREATE_PROJECT, input={"name": name})
+        self.projects[name] = int(data["createProject"]["id"])
+        return self.projects[name]
+
+    def server_sample(self) -> tuple[float, float]:
+        assert self.monitor is not None
+        return self.monitor.cpu(), time.monotonic()
+
+    def server_usage(self, before: tuple[float, float]) -> tuple[float, float]:
+        """(CPU % of one core since `before`, RSS MB now) of the service's process tree."""
+        assert self.monitor is not None
+        cpu, at = self.server_sample()
+        return 100 * (cpu - before[0]) / max(at - before[1], 1e-9), self.monitor.sample() / 1024
+
+    # -- load generators -----------------------------------------------------------------
+
+    def wrk(
+        self,
+        url: str,
+        path: str,
+        bodies: list[str],
+        duration: float,
+        *,
+        connections: int | None = None,
+        threads: int = 2,
+        null_marker: str | None = None,
+        name: str = "load",
+    ) -> dict[str, Any]:
+        connections = connections or self.sizes.connections
+        script = self.workdir / f"{name}.lua"
+        script.write_text(
+            WRK_LUA
+            % {
+                "bodies": "{" + ",".join(lua_string(b) for b in bodies) + "}",
+                "method": "POST",
+                "path": path,
+                "null_marker": lua_string(null_marker) if null_marker else "nil",
+            }
+        )
+        cpu0, t0 = children_cpu(), time.monotonic()
+        done = subprocess.run(
+            [
+                WRK,
+                f"-t{min(threads, connections)}",
+                f"-c{connections}",
+                f"-d{max(round(duration), 1)}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 90,
+            check=False,
+        )
+        wall = time.monotonic() - t0
+        for line in done.stdout.splitlines():
+            if line.startswith("WRKJSON "):
+                report: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
+                break
+        else:
+            raise RuntimeError(
+                f"wrk gave no summary (exit {done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}"
+            )
+        seconds = report["duration_us"] / 1e6
+        report["rate"] = report["requests"] / seconds if seconds else 0.0
+        report["good"] = report["requests"] - report["errors"] - report["nulls"]
+        report["good_rate"] = report["good"] / seconds if seconds else 0.0
+        report["gen_cpu"] = 100 * (children_cpu() - cpu0) / wall
+        return report
+
+    def measure_wrk(
+        self, bench: str, what: str, url: str, path: str, bodies: list[str], *, service: bool, **kw: Any
+    ) -> Row:
+        if self.sizes.warmup > 0:
+            self.wrk(url, path, bodies, self.sizes.warmup, name=f"{bench}-warmup", **kw)
+        before, pg0 = self.server_sample(), pg_cpu()
+        profiler = self.profile(bench) if service else None
+        result = self.wrk(url, path, bodies, self.sizes.duration, name=bench, **kw)
+        cpu, rss = self.server_usage(before)
+        if profiler is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(30)
+        seconds = result["duration_us"] / 1e6
+        row = Row(
+            bench,
+            what,
+            rate=result["good_rate"],
+            p50_ms=result["p50_us"] / 1000,
+            p99_ms=result["p99_us"] / 1000,
+            server_cpu=cpu if service else None,
+            server_rss_mb=rss if service else None,
+            gen_cpu=result["gen_cpu"],
+            extra={"wrk": result, "pg_cpu": 100 * (pg_cpu() - pg0) / max(seconds, 1e-9)},
+        )
+        if service and result["good"]:
+            row.extra["server_cpu_ms_per_request"] = cpu / 100 * seconds / result["good"] * 1000
+        problems = result["errors"] + result["socket_errors"] + result["timeouts"]
+        if problems:
+            row.notes = f"{problems} failed requests"
+        return row
+
+    def profile(self, name: str) -> subprocess.Popen[bytes] | None:
+        """With --profile DIR: py-spy samples the service during the run (collapsed stacks,
+        DIR/<name>.txt; `--format speedscope` or an SVG can be made from them)."""
+        if self.args.profile is None or self.server is None:
+            return None
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        out = self.args.profile / f"{name}.txt"
+        return subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.server.process.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--duration",
+                str(max(round(self.sizes.duration), 1)),
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.args.profile / f"{name}.log").open("wb"),
+        )
+
+    def run_client(self, mode: str, *extra: str) -> dict[str, Any]:
+        cpu0, t0 = children_cpu(), time.monotonic()
+        done = subprocess.run(
+            [sys.executable, str(BENCH_DIR / "raw_clients.py"), mode, *extra],
+            capture_output=True,
+            text=True,
+            timeout=self.sizes.duration + 120,
+            check=False,
+        )
+        wall = time.monotonic() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"raw_clients.py {mode} failed: {done.stderr[-2000:]}")
+        report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        report["gen_cpu"] = 100 * (children_cpu() - cpu0) / wall
+        return report
+
+    # -- the data ------------------------------------------------------------------------
+
+    async def create_tasks(self, project: int, count: int, batch: int, prefix: str) -> list[float]:
+        """createTasks calls of `batch`; the seconds each call took."""
+        timings: list[float] = []
+        made = 0
+        while made < count:
+            size = min(batch, count - made)
+            tasks = [{"title": f"{prefix} {made + i}", "taskType": "bench"} for i in range(size)]
+            t0 = time.perf_counter()
+            await self.gql(CREATE_TASKS, p=str(project), tasks=tasks)
+            timings.append(time.perf_counter() - t0)
+            made += size
+        return timings
+
+    async def copy_tasks(self, source: int, target: int, limit: int) -> None:
+        """Copy up to `limit` of the source project's tasks into another project with SQL:
+        the baselines' own rows, as ready as the service's (no events: nothing reads them)."""
+        rows = await self.sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks' "
+            "AND column_name NOT IN ('id', 'project_id', 'idempotency_key') ORDER BY ordinal_position"
+        )
+        columns = ", ".join(f'"{r["column_name"]}"' for r in rows)
+        await self.sql(
+            f"INSERT INTO tasks (project_id, {columns}) SELECT $1, {columns} FROM tasks "  # noqa: S608 (column names)
+            f"WHERE project_id = $2 ORDER BY id LIMIT $3",
+            target,
+            source,
+            limit,
+        )
+
+    async def wait_sequenced(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while (await self.sql(UNSEQUENCED_SQL))[0][0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sequencer did not stamp every event in time")
+            await asyncio.sleep(0.2)
+
+    async def register(self, prefix: str, count: int) -> list[str]:
+        names = [f"{prefix}-{i}" for i in range(count)]
+        for start in range(0, count, 10):
+            await asyncio.gather(
+                *(
+                    self.gql(REGISTER, input={"name": name, "maxConcurrentTasks": 1000})
+                    for name in names[start : start + 10]
+                )
+            )
+        return names
+
+    # -- the benchmarks ------------------------------------------------------------------
+
+    async def b6(self) -> None:
+        s = self.sizes
+        project = await self.project("b6")
+        before = self.server_sample()
+        t0 = time.perf_counter()
+        timings = await self.create_tasks(project, s.b6_calls * s.b6_size, s.b6_size, "b6")
+        seconds = time.perf_counter() - t0
+        cpu, rss = self.server_usage(before)
+        timings.sort()
+        tasks = s.b6_calls * s.b6_size
+        rate = tasks / seconds
+        self.rows.append(
+            Row(
+                "B6",
+                f"createTasks, {s.b6_calls} calls x {s.b6_size}, one at a time",
+                rate=rate,
+                unit="tasks/s",
+                p50_ms=1000 * timings[len(timings) // 2],
+                p99_ms=1000 * timings[min(len(timings) - 1, int(len(timings) * 0.99))],
+                server_cpu=cpu,
+                server_rss_mb=rss,
+                ratio=f"{rate / 2000:.2f}x target",
+                target=TARGETS["B6"],
+                extra={"server_cpu_ms_per_task": cpu / 100 * seconds / tasks * 1000},
+            )
+        )
+
+    async def seed(self) -> None:
+        s = self.sizes
+        for name in ("b1", "b1-raw", "b1-v1"):
+            await self.project(name)
+        t0 = time.perf_counter()
+        await self.create_tasks(self.projects["b1"], s.b1_tasks, 1000, "b1")
+        self.info["seed_seconds"] = time.perf_counter() - t0
+        await self.copy_tasks(self.projects["b1"], self.projects["b1-raw"], s.b1_tasks)
+        await self.copy_tasks(self.projects["b1"], self.projects["b1-v1"], s.b1_tasks)
+        total = (await self.sql("SELECT count(*) FROM tasks"))[0][0]
+        if total < s.b5_tasks:
+            filler = await self.project("b5-filler")
+            while total < s.b5_tasks:
+                await self.copy_tasks(self.projects["b1"], filler, s.b5_tasks - total)
+                total = (await self.sql("SELECT count(*) FROM tasks"))[0][0]
+        self.info["tasks_total"] = total
+        await self.wait_sequenced()
+        await self.sql("VACUUM (ANALYZE)")
+        self.b1_agents = await self.register("b1-agent", s.b1_agents)
+        self.b2_agents = await self.register("b2-agent", s.b2_agents)
+
+    async def b7(self) -> None:
+        s = self.sizes
+        assert self.server is not None
+        rows = await self.sql(
+            "SELECT id FROM tasks WHERE project_id = $1 ORDER BY random() LIMIT $2", self.projects["b1"], s.b7_ids
+        )
+        ids = [r["id"] for r in rows]
+        service = self.measure_wrk(
+            "B7",
+            "`{ task(id) { id status } }`",
+            self.server.url,
+            "/graphql",
+            [json.dumps({"query": TASK, "variables": {"id": str(i)}}) for i in ids],
+            service=True,
+        )
+        raw = self.measure_wrk(
+            "B7",
+            "raw Starlette + asyncpg SELECT",
+            self.baseline_url,
+            "/task",
+            [json.dumps({"id": i}) for i in ids],
+            service=False,
+        )
+        self.pair(service, raw, TARGETS["B7"])
+
+    async def b2(self) -> None:
+        assert self.server is not None
+        service = self.measure_wrk(
+            "B2",
+            f"heartbeat, {len(self.b2_agents)} agents",
+            self.server.url,
+            "/graphql",
+            [json.dumps({"query": HEARTBEAT, "variables": {"a": a}}) for a in self.b2_agents],
+            service=True,
+        )
+        raw = self.measure_wrk(
+            "B2",
+            "raw Starlette + asyncpg UPDATE",
+            self.baseline_url,
+            "/heartbeat",
+            [json.dumps({"agent": a}) for a in self.b2_agents],
+            service=False,
+        )
+        self.pair(service, raw, TARGETS["B2"])
+
+    async def b5(self) -> None:
+        assert self.server is not None
+        row = self.measure_wrk(
+            "B5",
+            f"dashboardStats, {self.info['tasks_total']:,} tasks, 1 connection",
+            self.server.url,
+            "/graphql",
+            [json.dumps({"query": STATS})],
+            service=True,
+            connections=1,
+            threads=1,
+        )
+        row.target = TARGETS["B5"]
+        row.ratio = f"p50 {row.p50_ms / 20:.2f}x target" if row.p50_ms is not None else ""
+        self.rows.append(row)
+
+    async def b1(self) -> None:
+        s = self.sizes
+        assert self.server is not None
+        project = str(self.projects["b1"])
+        service = self.measure_wrk(
+            "B1",
+            f"claimNextTask, {len(self.b1_agents)} agents, {s.b1_tasks:,} ready",
+            self.server.url,
+            "/graphql",
+            [json.dumps({"query": CLAIM_NEXT, "variables": {"a": a, "p": project}}) for a in self.b1_agents],
+            service=True,
+            null_marker='"claimNextTask":null',
+        )
+        if service.extra["wrk"]["nulls"]:
+            service.notes = (service.notes + "; " if service.notes else "") + "ran out of ready tasks"
+        assigned = await self.sql(
+            "SELECT count(*) FROM tasks WHERE project_id = $1 AND status = 'ASSIGNED'", self.projects["b1"]
+        )
+        service.extra["assigned_in_db"] = assigned[0][0]
+        pg0, t0 = pg_cpu(), time.monotonic()
+        raw_report = self.run_client(
+            "claim",
+            "--dsn",
+            self.dsn,
+            "--project",
+            str(self.projects["b1-raw"]),
+            "--concurrency",
+            str(s.connections),
+            "--duration",
+            str(s.duration),
+        )
+        raw = Row(
+            "B1",
+            "raw asyncpg SKIP LOCKED loop",
+            rate=raw_report["rate"],
+            unit="claims/s",
+            p50_ms=raw_report["p50_ms"],
+            p99_ms=raw_report["p99_ms"],
+            gen_cpu=raw_report["gen_cpu"],
+            extra={"client": raw_report, "pg_cpu": 100 * (pg_cpu() - pg0) / (time.monotonic() - t0)},
+            notes="ran out of ready tasks" if raw_report.get("ran_out") else "",
+        )
+        service.unit = "claims/s"
+        self.pair(service, raw, TARGETS["B1"])
+        try:
+            v1_report = self.run_client(
+                "v1",
+                "--url",
+                self.baseline_url,
+                "--project",
+                str(self.projects["b1-v1"]),
+                "--concurrency",
+                str(s.connections),
+                "--duration",
+                str(s.v1_duration),
+            )
+        except Exception as exc:
+            self.rows.append(Row("B1", "v1 workflow: list pending, claim first, retry on 409", notes=f"failed: {exc}"))
+            return
+        v1 = Row(
+            "B1",
+            "v1 workflow: list pending, claim first, retry on 409",
+            rate=v1_report["rate"],
+            unit="claims/s",
+            p50_ms=v1_report["p50_ms"],
+            p99_ms=v1_report["p99_ms"],
+            gen_cpu=v1_report["gen_cpu"],
+            notes=f"{v1_report['conflicts']} conflicts, lists of {v1_report['mean_list_kb']:.0f} kB",
+            extra={"client": v1_report},
+        )
+        v1.ratio = f"service {service.rate / v1.rate:.1f}x" if v1.rate else "service ∞x"
+        self.rows.append(v1)
+
+    def pair(self, service: Row, baseline: Row, target: str) -> None:
+        service.target = target
+        service.ratio = f"{service.rate / baseline.rate:.3f}" if baseline.rate and service.rate is not None else ""
+        baseline.ratio = "baseline"
+        baseline.unit = service.unit
+        self.rows.extend([service, baseline])
+
+    def script(self, name: str, extra: list[str]) -> None:
+        """Run b3_fanout.py or b4_claim_backlog.py as they are; one row from their JSON."""
+        out = self.workdir / f"{name}.json"
+        cpu0, t0 = children_cpu(), time.monotonic()
+        env_args = [a for item in self.args.server_env for a in ("--server-env", item)]
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(BENCH_DIR / f"{name}.py"),
+                "--json",
+                str(out),
+                "--pg-admin-dsn",
+                self.args.pg_admin_dsn,
+                *env_args,
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        wall = time.monotonic() - t0
+        (self.workdir / f"{name}.out").write_text(done.stdout + done.stderr)
+        if done.returncode != 0 or not out.exists():
+            self.rows.append(
+                Row(name[:2].upper(), name, notes=f"failed (exit {done.returncode}): {done.stderr[-300:]}")
+            )
+            return
+        report = json.loads(out.read_text())
+        if name.startswith("b3"):
+            lat, dlv = report["latency_seconds"], report["deliveries"]
+            pub = report["published"]
+            subs = extra[len(extra) - 1 - extra[::-1].index("--subscribers") + 1] if "--subscribers" in extra else 500
+            self.rows.append(
+                Row(
+                    "B3",
+                    f"taskEvents fan-out, {subs} subscribers, {report.get('rate', 10)} events/s",
+                    rate=(dlv["received"] / max(pub["publish_seconds"] or 1, 1e-9)),
+                    unit="deliveries/s",
+                    p50_ms=None if lat["p50"] is None else 1000 * lat["p50"],
+                    p99_ms=None if lat["p99"] is None else 1000 * lat["p99"],
+                    server_cpu=report.get("server_cpu_percent"),
+                    server_rss_mb=report.get("rss_peak_mb"),
+                    gen_cpu=None,
+                    ratio=f"lost {dlv['lost']}",
+                    target=TARGETS["B3"],
+                    notes="PASS"
+                    if report.get("pass")
+                    else "FAIL " + ",".join(k for k, v in report["targets"].items() if not v),
+                    extra={"client_cpu_percent_per_worker": report.get("client_cpu_percent_per_worker")},
+                )
+            )
+        else:
+            a, b = report["phase_a"], report["phase_b"]
+            self.rows.append(
+                Row(
+                    "B4",
+                    "claimNextTask one at a time, backlog vs none",
+                    p50_ms=b["latency"]["p50_ms"],
+                    p99_ms=b["latency"]["p99_ms"],
+                    unit="",
+                    ratio=f"{report['ratios']['p50']:.2f}x (p50 {a['latency']['p50_ms']:.1f} ms without)",
+                    target=TARGETS["B4"],
+                    notes="PASS" if report.get("pass") else "FAIL",
+                    extra={"server_cpu_ms_per_claim": b.get("server_cpu_ms_per_claim")},
+                )
+            )
+        self.rows[-1].gen_cpu = 100 * (children_cpu() - cpu0) / wall  # the whole script: clients and its server
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| bench | workload | throughput | p50 ms | p99 ms | server CPU % | server RSS MB | load gen CPU % "
+        "| ratio | target | notes |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        rate = "-" if r.rate is None else f"{r.rate:,.0f} {r.unit}".strip()
+        lines.append(
+            f"| {r.bench} | {r.what} | {rate} | {fmt(r.p50_ms, '.1f')} | {fmt(r.p99_ms, '.1f')} | "
+            f"{fmt(r.server_cpu, '.0f')} | {fmt(r.server_rss_mb, '.0f')} | {fmt(r.gen_cpu, '.0f')} | {r.ratio} | "
+            f"{r.target} | {r.notes} |"
+        )
+    return "\n".join(lines)
+
+
+def results_md(bench: Bench, started: datetime, seconds: float) -> str:
+    m = bench.info["machine"]
+    git = bench.info.get("git", {})
+    dirty = ", ".join(git.get("uncommitted", [])[:10])
+    env = " ".join(bench.args.server_env) or "none (defaults)"
+    per_request = [
+        f"{r.bench} {r.what}: {r.extra['server_cpu_ms_per_request']:.2f} ms"
+        for r in bench.rows
+        if "server_cpu_ms_per_request" in r.extra
+    ]
+    return "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            f"Written by `python bench/run_all.py{' --quick' if bench.args.quick else ''}`"
+            f" on {started:%Y-%m-%d %H:%M} UTC"
+            f" in {seconds:.0f} s; code at {git.get('commit', '?')[:12]}{' + uncommitted: ' + dirty if dirty else ''}.",
+            "",
+            f"Machine: {m['cores']} cores, {m['cpu_model']}, {m['memory']} RAM, Linux {m['kernel']}, Python "
+            f"{m['python']}, PostgreSQL {bench.info.get('postgres', '?')} (127.0.0.1), {m['wrk']}. Load average at the"
+            f" start: {' '.join(f'{x:.2f}' for x in m['loadavg'])}"
+            " (the machine is shared: compare ratios, not absolutes).",
+            f"Service: `task-service serve`{' --workers ' + str(bench.args.workers) if bench.args.workers > 1 else ''}"
+            f" (B1, B2, B5-B7), server settings: {env}. "
+            f"Load: wrk, {bench.sizes.connections} connections, {bench.sizes.duration:g} s per run after a"
+            f" {bench.sizes.warmup:g} s warm-up; tasks in the database for B5: {bench.info.get('tasks_total', 0):,}.",
+            "",
+            table(bench.rows),
+            "",
+            "Server CPU is the service's process tree in % of one core during the run; ratio = service ÷ baseline"
+            " throughput (B1's v1 row: service ÷ v1). For B3/B4 the load generator column is the whole script"
+            " (its clients and its own server).",
+            "",
+            "Server CPU per request: " + ("; ".join(per_request) or "-") + ".",
+            "",
+        ]
+    )
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    sizes = QUICK if args.quick else FULL
+    only = set(args.only.lower().split(",")) if args.only else {"b1", "b2", "b3", "b4", "b5", "b6", "b7"}
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench_all_"))
+    bench = Bench(args, sizes, workdir)
+    bench.info["machine"] = machine()
+    bench.info["git"] = git_state()
+    scripts = [("b3", "b3_fanout", sizes.b3_args + args.b3), ("b4", "b4_claim_backlog", sizes.b4_args + args.b4)]
+    scripts = [(name, script, extra) for name, script, extra in scripts if name in only]
+    # --quick checks that everything runs, not the figures: B3 and B4 start their own servers
+    # and run beside the rest, to keep the smoke run short. A full run runs one thing at a time.
+    background = (
+        [
+            asyncio.create_task(bench.step(name, asyncio.to_thread(bench.script, script, extra)))
+            for name, script, extra in scripts
+        ]
+        if args.quick
+        else []
+    )
+    try:
+        if only & {"b1", "b2", "b5", "b6", "b7"}:
+            await bench.step("start", bench.start(), fatal=True)
+            if "b6" in only:
+                await bench.step("b6", bench.b6())
+            await bench.step("seed", bench.seed(), fatal=True)
+            for name in ("b7", "b2", "b5", "b1"):
+                if name in only:
+                    await bench.step(name, getattr(bench, name)())
+    finally:
+        await bench.step("stop", bench.stop())
+        await asyncio.gather(*background)
+    if not args.quick:
+        for name, script, extra in scripts:
+            await bench.step(name, asyncio.to_thread(bench.script, script, extra))
+    bench.rows.sort(key=lambda row: row.bench)
+    seconds = time.monotonic() - t0
+    print(table(bench.rows))
+    text = results_md(bench, started, seconds)
+    output = args.output or (None if args.quick else RESULTS)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        print(f"written: {output}")
+    line = {
+        "rows": [r.__dict__ for r in bench.rows],
+        "info": bench.info,
+        "seconds": seconds,
+        "quick": args.quick,
+    }
+    if args.json is not None:
+        args.json.write_text(json.dumps(line, default=str) + "\n", encoding="utf-8")
+    if bench.info.get("server_log_problems"):
+        print(f"server log problems: {bench.info['server_log_problems']}\n{bench.info.get('server_log_tail', '')}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and 1.5 s runs: a smoke test of the harness")
+    parser.add_argument("--only", help="comma-separated: b1,b2,b3,b4,b5,b6,b7 (default all)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting for every server started (repeatable)",
+    )
+    parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, --quick 1.5)")
+    parser.add_argument("--workers", type=int, default=1, help="`serve --workers N` for B1, B2, B5-B7 (default 1)")
+    parser.add_argument("--b1-tasks", type=int, help="ready tasks for B1 (default 40,000; --quick 2,000)")
+    parser.add_argument("--b3", action="append", default=[], metavar="ARG", help="extra argument for b3_fanout.py")
+    parser.add_argument(
+        "--b4", action="append", default=[], metavar="ARG", help="extra argument for b4_claim_backlog.py"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="write the results here (default bench/RESULTS.md; none with --quick)"
+    )
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the service during B1, B2, B5, B7")
+    parser.add_argument("--json", type=Path, help="also write every figure as one JSON line")
+    parser.add_argument("--pg-admin-dsn", default=os.environ.get("BENCH_PG_ADMIN_DSN", DEFAULT_PG_ADMIN_DSN))
+    args = parser.parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not Path(WRK).exists():
+        print("run_all.py: wrk is not installed", file=sys.stderr)
+        return 2
+    if args.b1_tasks:
+        QUICK.b1_tasks = FULL.b1_tasks = args.b1_tasks
+    if args.duration:
+        QUICK.duration = FULL.duration = args.duration
+        FULL.v1_duration = args.duration
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""bench/run_all.py --quick end to end: every benchmark runs beside its baseline on a real
+server and PostgreSQL database, and the table has the shape the README describes.
+
+The figures of a --quick run mean nothing (tiny sizes, one-second runs, B3 and B4 beside the
+rest); what is checked is that each row is there and measured, and that the run cleans up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import PG_ADMIN_DSN
+
+ROOT = Path(__file__).resolve().parents[2]
+COLUMNS = [
+    "bench",
+    "workload",
+    "throughput",
+    "p50 ms",
+    "p99 ms",
+    "server CPU %",
+    "server RSS MB",
+    "load gen CPU %",
+    "ratio",
+    "target",
+    "notes",
+]
+# bench id -> the rows it must have, by what their workload starts with
+EXPECTED = {
+    "B1": ["claimNextTask", "raw asyncpg SKIP LOCKED loop", "v1 workflow"],
+    "B2": ["heartbeat", "raw Starlette + asyncpg UPDATE"],
+    "B3": ["taskEvents fan-out"],
+    "B4": ["claimNextTask one at a time"],
+    "B5": ["dashboardStats"],
+    "B6": ["createTasks"],
+    "B7": ["`{ task(id) { id status } }`", "raw Starlette + asyncpg SELECT"],
+}
+
+pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+async def bench_databases() -> set[str]:
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+    try:
+        return {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'bench_%'")}
+    finally:
+        await conn.close()
+
+
+@pytest.mark.timeout(600)
+async def test_quick_run_prints_every_benchmark_beside_its_baseline(tmp_path: Path) -> None:
+    before = await bench_databases()
+    out_json, out_md = tmp_path / "run.json", tmp_path / "RESULTS.md"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "bench/run_all.py",
+            "--quick",
+            "--json",
+            str(out_json),
+            "--output",
+            str(out_md),
+            "--pg-admin-dsn",
+            PG_ADMIN_DSN,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,  # a bound on a hang, not a speed check
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert cells(lines[0]) == COLUMNS
+    rows = [dict(zip(COLUMNS, cells(line), strict=True)) for line in lines[2:]]
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row["bench"], []).append(row["workload"])
+    assert sorted(found) == sorted(EXPECTED)
+    for bench, workloads in EXPECTED.items():
+        assert len(found[bench]) == len(workloads), (bench, found[bench])
+        for got, want in zip(found[bench], workloads, strict=True):
+            assert got.startswith(want), (bench, got, want)
+
+    by_what = {(r["bench"], r["workload"].split(",")[0]): r for r in rows}
+    for bench in ("B1", "B2", "B7"):
+        service = next(r for r in rows if r["bench"] == bench)
+        baseline = next(r for r in rows if r["bench"] == bench and r["ratio"] == "baseline")
+        for row in (service, baseline):
+            assert row["throughput"].split()[0].replace(",", "").isdigit(), row
+            assert float(row["p50 ms"]) >= 0, row
+            assert float(row["load gen CPU %"]) >= 0, row
+        # the service's own process is measured; the ratio is a number
+        assert float(service["server CPU %"]) > 0, service
+        assert float(service["server RSS MB"]) > 0, service
+        assert float(service["ratio"]) >= 0, service
+        assert not service["notes"].startswith("failed"), service
+    assert by_what[("B1", "v1 workflow: list pending")]["ratio"].startswith("service ")
+    for bench in ("B3", "B4"):
+        row = next(r for r in rows if r["bench"] == bench)
+        assert not row["notes"].startswith("failed"), row
+        assert row["p99 ms"] != "-", row
+    assert next(r for r in rows if r["bench"] == "B3")["ratio"].startswith("lost ")
+
+    report = json.loads(out_json.read_text())
+    assert report["quick"] is True
+    assert len(report["rows"]) == len(rows)
+    assert not report["info"].get("server_log_problems"), report["info"].get("server_log_tail")
+    text = out_md.read_text()
+    machine = report["info"]["machine"]
+    assert f"Machine: {machine['cores']} cores" in text
+    assert "PostgreSQL" in text
+    assert cells(next(line for line in text.splitlines() if line.startswith("|"))) == COLUMNS
+    # every database the run created is gone again
+    assert await bench_databases() <= before
