@@ -144,7 +144,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/schema.graphql", schema_sdl),
         Route("/dashboard/stats", stats),
         Route("/metrics", prometheus),
-        Route("/graphql", graphql, methods=["GET", "POST"]),
+        # Every method reaches the GraphQL app, which refuses all but GET and POST with a
+        # GraphQL-shaped 405 (a route-level method list answers in plain text).
+        Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
         # After /dashboard/stats: the mount takes every other path under /dashboard/.
         Mount("/dashboard", app=StaticFiles(directory=WEB_DIR, html=True), name="dashboard"),

@@ -24,7 +24,7 @@ from .db.enums import TaskEventType
 from .db.health import problem
 from .db.idempotency import purge_keys
 from .db.leader import still_connected, try_lead
-from .db.lifecycle import lock_active_tasks, requeue_or_fail
+from .db.lifecycle import lock_active_tasks_unless_busy, requeue_or_fail
 from .db.models import Task
 from .db.projects import purge_deleted_projects
 from .db.tasks import lease_overdue, leases_due, lock_task, purge_deleted, run_deadline, timeouts_due
@@ -186,7 +186,9 @@ class Reaper:
         offline = expired = 0
         async with self.services.transaction() as session:
             for agent in await db_agents.stale_agents(session, older_than=cutoff):
-                tasks = await lock_active_tasks(session, agent.id)
+                tasks = await lock_active_tasks_unless_busy(session, agent.id)
+                if tasks is None:
+                    continue  # a task of its is locked elsewhere: next pass
                 for task in tasks:
                     await self._requeue(session, task, LEASE_EXPIRY, f"agent '{agent.name}' stopped sending heartbeats")
                 expired += len(tasks)
@@ -213,9 +215,11 @@ class Reaper:
         count = 0
         for task_id, agent_id in due:
             async with self.services.transaction() as session:
-                agent = await db_agents.lock_agent_by_id(session, agent_id) if agent_id else None
-                task = await lock_task(session, task_id)
-                if task is None or task.assignee_id != agent_id:
+                # Rows another transaction holds are left for a later pass: waiting would
+                # stall every other expiry behind, say, a long-running admin session.
+                agent = await db_agents.lock_agent_by_id(session, agent_id, skip_locked=True) if agent_id else None
+                task = await lock_task(session, task_id, skip_locked=True)
+                if task is None or task.assignee_id != agent_id or (agent_id and agent is None):
                     continue
                 reason = overdue.reason(task, now, default)
                 if reason is None:

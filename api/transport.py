@@ -75,6 +75,23 @@ class JSONTooDeep(json.JSONDecodeError):
     handlers treat it like any other unparsable message."""
 
 
+# What each member of a request body may be (Strawberry checks some of them, and not in batches).
+_OPERATION_FIELDS = {"query": str, "variables": dict, "operationName": str, "extensions": dict}
+
+
+def _check_operation_shape(operation: Any) -> None:
+    """A body (or each item of a batch) is {"query": "...", "variables": {...}, ...}."""
+    if not isinstance(operation, dict):
+        raise TransportError(
+            400, ErrorCode.BAD_USER_INPUT, 'each operation must be a JSON object: {"query": "...", "variables": {...}}'
+        )
+    for name, kind in _OPERATION_FIELDS.items():
+        value = operation.get(name)
+        if value is not None and not isinstance(value, kind):
+            expected = "a string" if kind is str else "an object"
+            raise TransportError(400, ErrorCode.BAD_USER_INPUT, f"{name} must be {expected} or null")
+
+
 def error_response(error: TransportError) -> Response:
     body = {"errors": [{"message": error.message, "extensions": {"code": error.code.value}}]}
     return JSONResponse(body, status_code=error.status, headers=error.headers)
@@ -266,6 +283,9 @@ class GraphQLApp(GraphQL[Context, None]):
             raise json.JSONDecodeError(f"message over {self.settings.max_body_bytes} bytes (MAX_BODY_BYTES)", "", 0)
         try:
             value = json.loads(data)
+        except UnicodeDecodeError as error:
+            # Bytes that are not UTF-8 (nor UTF-16/32) are as unparsable as bad JSON.
+            raise json.JSONDecodeError(f"not UTF-8 text ({error.reason} at byte {error.start})", "", 0) from None
         except RecursionError:
             value = None
             too_deep = True
@@ -277,11 +297,14 @@ class GraphQLApp(GraphQL[Context, None]):
 
     def parse_json(self, data: str | bytes) -> Any:
         try:
-            return self.decode_json(data)
+            value = self.decode_json(data)
         except JSONTooDeep as error:
             raise TransportError(400, ErrorCode.BAD_USER_INPUT, error.msg) from None
         except json.JSONDecodeError as error:
             raise TransportError(400, ErrorCode.BAD_USER_INPUT, f"the body is not valid JSON: {error}") from None
+        for operation in value if isinstance(value, list) else [value]:
+            _check_operation_shape(operation)
+        return value
 
     async def parse_http_body(self, request: Any) -> Any:
         if request.method == "POST":

@@ -59,8 +59,10 @@ async def require_agent(session: AsyncSession, name: str, *, lock: bool = False)
     return agent
 
 
-async def lock_agent_by_id(session: AsyncSession, agent_id: int) -> Agent | None:
-    return await session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update())
+async def lock_agent_by_id(session: AsyncSession, agent_id: int, *, skip_locked: bool = False) -> Agent | None:
+    """The agent locked FOR UPDATE; None when it does not exist (or, with `skip_locked`, when
+    another transaction holds it: no wait)."""
+    return await session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update(skip_locked=skip_locked))
 
 
 async def agents_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Agent]:
@@ -130,16 +132,21 @@ async def register_agent(
 
 
 async def touch(session: AsyncSession, agent: Agent, *, lease_seconds: float) -> None:
-    """A heartbeat: note the time and renew the leases of the agent's active tasks."""
+    """A heartbeat: note the time, renew the leases of the agent's active tasks and set its
+    status (the caller holds the agent row's lock). One statement: the lease renewal returns
+    the active tasks, which say whether the agent is BUSY (refresh_status without its count)."""
+    await session.flush()  # the caller's changes to tasks first: they decide the status
     now = utcnow()
-    agent.last_heartbeat_at = now
-    await session.execute(
+    renewed = await session.execute(
         update(Task)
         .where(Task.assignee_id == agent.id, Task.status.in_(ACTIVE_STATUSES))
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds)),
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(Task.deleted_at),
         execution_options={"synchronize_session": False},
     )
-    await refresh_status(session, agent, now=now)
+    busy = any(deleted_at is None for (deleted_at,) in renewed)
+    agent.last_heartbeat_at = now  # flushed with the status, at commit
+    _set_status(session, agent, busy=busy, now=now)
 
 
 async def count_outcome(session: AsyncSession, agent_id: int, outcome: Literal["completed", "failed"]) -> None:
@@ -174,9 +181,23 @@ async def refresh_status(
     presence change when it differs. `offline=True` forces OFFLINE (reaper, unregister);
     `new=True` reports a just-registered agent as a change from nothing."""
     await session.flush()
+    busy = not offline and agent.deleted_at is None and await active_task_count(session, agent.id) > 0
+    _set_status(session, agent, busy=busy, offline=offline, new=new, now=now)
+
+
+def _set_status(
+    session: AsyncSession,
+    agent: Agent,
+    *,
+    busy: bool,
+    offline: bool = False,
+    new: bool = False,
+    now: datetime | None = None,
+) -> None:
+    """OFFLINE when forced or unregistered, else BUSY or ONLINE; a change is noted."""
     if offline or agent.deleted_at is not None:
         status = AgentStatus.OFFLINE
-    elif await active_task_count(session, agent.id) > 0:
+    elif busy:
         status = AgentStatus.BUSY
     else:
         status = AgentStatus.ONLINE

@@ -32,6 +32,7 @@ def unreachable(exc: BaseException) -> bool:
         exc.connection_invalidated
         or (isinstance(exc, InterfaceError | OperationalError) and not _missing_schema(exc))
         or sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention
+        or sqlstate == "53300"  # too many connections: the server is full for now
         # asyncpg, when the server shut a connection down in the middle of an operation, may
         # report it at the connection's next use as "cannot switch to state ...; another
         # operation is in progress" (seen in tests/resilience/test_database_restart.py).

@@ -108,7 +108,10 @@ async def _set_tasks_deleted(
         .with_for_update()
     )
     kind = TaskEventType.DELETED if value is not None else TaskEventType.RESTORED
+    holders: set[int] = set()
     for task in tasks:
+        if task.assignee_id is not None and task.status in HELD_STATUSES:
+            holders.add(task.assignee_id)
         task.deleted_at = value
         task.updated_at = utcnow()
         record_event(
@@ -121,6 +124,9 @@ async def _set_tasks_deleted(
             data={"withProject": str(project_id)},
         )
     await session.flush()
+    # A held task that leaves (or comes back with) its project changes its agent's status,
+    # as deleting (or restoring) the task alone does.
+    await _refresh_holders(session, holders)
 
 
 async def hard_delete_project(session: AsyncSession, project_id: int) -> None:
@@ -137,7 +143,12 @@ async def hard_delete_project(session: AsyncSession, project_id: int) -> None:
     ]
     if rowcount(await session.execute(delete(Project).where(Project.id == project_id))) == 0:
         raise NotFound(f"project {project_id} does not exist")
-    for agent_id in sorted(holders):
+    await _refresh_holders(session, holders)
+
+
+async def _refresh_holders(session: AsyncSession, agent_ids: Sequence[int] | set[int]) -> None:
+    """Recompute the status of each agent (locked in id order) that held tasks just changed."""
+    for agent_id in sorted(agent_ids):
         agent = await lock_agent_by_id(session, agent_id)
         if agent is not None:
             await refresh_status(session, agent)

@@ -102,9 +102,10 @@ async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, T
     return {row.id: row for row in rows}
 
 
-async def lock_task(session: AsyncSession, task_id: int) -> Task | None:
-    """The task locked FOR UPDATE (deleted or not), or None when it no longer exists."""
-    return await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+async def lock_task(session: AsyncSession, task_id: int, *, skip_locked: bool = False) -> Task | None:
+    """The task locked FOR UPDATE (deleted or not), or None when it no longer exists (or,
+    with `skip_locked`, when another transaction holds it: no wait)."""
+    return await session.scalar(select(Task).where(Task.id == task_id).with_for_update(skip_locked=skip_locked))
 
 
 async def by_idempotency_keys(session: AsyncSession, project_id: int, keys: Sequence[str]) -> dict[str, Task]:
@@ -388,6 +389,10 @@ async def restore_task(session: AsyncSession, task_id: int, *, actor: str | None
         task.deleted_at = None
         task.updated_at = utcnow()
         record_event(session, task, TaskEventType.RESTORED, from_status=task.status, to_status=task.status, actor=actor)
+        if task.assignee_id is not None and task.status in HELD_STATUSES:
+            agent = await session.get(Agent, task.assignee_id, with_for_update=True)
+            if agent is not None:
+                await refresh_status(session, agent)
         await session.flush()
     return task
 

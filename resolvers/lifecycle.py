@@ -100,8 +100,7 @@ class LifecycleMutation:
         pid = validate.optional_id(project_id, "projectId")
         labels = validate.labels(tags, "tags")
         async with info.context.services.transaction() as session:
-            locked = await db_agents.require_agent(session, name, lock=True)
-            row = await db_lifecycle.claim_next(session, locked, policy(info), project_id=pid, tags=labels)
+            row = await db_lifecycle.claim_next_by_name(session, name, policy(info), project_id=pid, tags=labels)
         metrics = info.context.services.metrics
         if row is None:
             metrics.claims_empty.inc()

@@ -123,6 +123,22 @@ class TestSilentAgents:
         assert await agent_status(gql, "writer") == "OFFLINE"
         assert presence.changes() == [("writer", "BUSY", "OFFLINE")]
 
+    @pytest.mark.postgres_only
+    async def test_a_task_locked_by_another_transaction_does_not_stall_the_others(self, services, gql):
+        # A long transaction elsewhere holds one silent agent's task: the reaper leaves that
+        # agent for a later pass (no wait) and still requeues the other silent agent's task.
+        held = await claimed_task(gql, agent="held")
+        other = await claimed_task(gql, agent="other")
+        async with services.sessionmaker() as blocker, blocker.begin():
+            await blocker.execute(select(Task.id).where(Task.id == int(held)).with_for_update())
+            result = await Reaper(services).tick(now=utcnow() + timedelta(seconds=61))
+            assert result == TickResult(offline=1, expired=1)
+            assert (await task_state(gql, other))["status"] == "PENDING"
+            assert (await task_state(gql, held))["status"] == "ASSIGNED"
+        # Once the transaction has ended, the next pass takes the held agent's task back.
+        assert await Reaper(services).tick(now=utcnow() + timedelta(seconds=61)) == TickResult(offline=1, expired=1)
+        assert (await task_state(gql, held))["status"] == "PENDING"
+
     async def test_a_dead_agents_requeued_task_is_not_counted_as_its_failure(self, services, gql):
         await claimed_task(gql, start=True)
 

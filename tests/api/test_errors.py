@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-from sqlalchemy.exc import InternalError
+from sqlalchemy.exc import DBAPIError, InternalError
 
 from task_service.api.errors import DATABASE_UNAVAILABLE
 from task_service.api.schema import Schema
@@ -33,6 +33,11 @@ class TestDatabaseUnavailable:
         # What asyncpg raised at the next use of a connection PostgreSQL shut down mid-query.
         broken = asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
         assert unreachable(InternalError("SELECT 1", {}, broken))
+
+    def test_a_server_out_of_connections_counts_as_unreachable(self) -> None:
+        # What a busy PostgreSQL answers a new connection at max_connections (SQLSTATE 53300).
+        full = asyncpg.TooManyConnectionsError("sorry, too many clients already")
+        assert unreachable(DBAPIError("connect", {}, full))
 
     @pytest.mark.parametrize("error", [ValueError("bad"), InternalError("SELECT 1", {}, Exception("other"))])
     def test_other_failures_are_not(self, error: Exception) -> None:

@@ -91,6 +91,29 @@ class TestBodies:
         message = refusal(await post(server, "query={projects{id}}", content_type=content_type), 415, "BAD_USER_INPUT")
         assert "application/json" in message
 
+    async def test_a_body_that_is_not_utf8(self, server: Server) -> None:
+        refusal(await post(server, b"\x80"), 400, "BAD_USER_INPUT")
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            '{"query": "{ projects { id } }", "operationName": true}',
+            "[[]]",
+            '[{"query": "{ projects { id } }", "variables": 5}]',
+            "5",
+        ],
+    )
+    async def test_operations_of_the_wrong_shape(self, server: Server, body: str) -> None:
+        refusal(await post(server, body), 400, "BAD_USER_INPUT")
+
+    @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+    async def test_other_methods_get_a_graphql_405(self, server: Server, method: str) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, trust_env=False) as http:
+            response = await http.request(
+                method, "/graphql", json={"query": "{ projects { id } }"}, headers=admin_headers()
+            )
+        refusal(response, 405, "BAD_USER_INPUT")
+
     async def test_a_mutation_over_get_is_refused(self, server: Server) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=30, trust_env=False) as http:
             response = await http.get(

@@ -1,6 +1,8 @@
-"""R1: 50 agent processes work 5,000 tasks to completion through one server: every task is
-completed exactly once (the database, the event log and the agents' own records agree), and
-a live taskEvents WebSocket subscriber receives every event of the run, in order, no gaps."""
+"""R1: 50 agent processes work 5,000 tasks to completion through two server processes on one
+database (half the agents on each, as behind a load balancer): every task is completed
+exactly once (the database, the event log and the agents' own records agree), and a live
+taskEvents WebSocket subscriber of one server receives every event of the run, both
+servers' alike, in order, no gaps."""
 
 from __future__ import annotations
 
@@ -24,17 +26,23 @@ from tests.resilience.helpers import (
     register_agents,
 )
 
-pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(600)]
-
 AGENTS = 50
 TASKS = int(os.environ.get("RESILIENCE_R1_TASKS", "5000"))
+# Each server's pool: enough for its 25 agents' requests, modest on a PostgreSQL shared with
+# other test runs (max_connections 100).
+POOL = {"DB_POOL_SIZE": "8", "DB_MAX_OVERFLOW": "4"}
 AGENTS_PER_PROCESS = 1  # 50 real OS processes, one agent (one HTTP connection) each
+# Two calls per task. The bound grows with the task count and only stops a broken run; it
+# leaves room for a machine shared with other work (README, "Guarantees", has the figures).
+WITHIN = max(RUN_DEADLINE, TASKS * 0.2)
+pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(int(WITHIN) + 240)]
 
 
 async def test_fifty_agent_processes_complete_five_thousand_tasks_exactly_once(tmp_path: Path) -> None:
     async with (
         fresh_pg_database("ts_r1") as url,
-        running_server(url, tmp_path, DB_POOL_SIZE="10", DB_MAX_OVERFLOW="20") as server,
+        running_server(url, tmp_path, **POOL) as server,
+        running_server(url, tmp_path, **POOL) as other,
         graphql_client(server.url) as gql,
         ws_session(server) as session,
         fleet(tmp_path) as agents,
@@ -44,10 +52,11 @@ async def test_fifty_agent_processes_complete_five_thousand_tasks_exactly_once(t
         subscriber = Collector(session, TASK_EVENTS, after="0", p=project)
         await create_tasks(gql, project, TASKS)
         names = await register_agents(gql, "r1", AGENTS)
-        agents.start([server.url], project, grouped(names, AGENTS_PER_PROCESS))
+        for n, group in enumerate(grouped(names, AGENTS_PER_PROCESS)):
+            agents.start([(server, other)[n % 2].url], project, [group], deadline_seconds=WITHIN + 30)
         await agents.wait_ready()
         started = time.monotonic()
-        await agents.wait_all_completed(url, project, TASKS, within=RUN_DEADLINE)
+        await agents.wait_all_completed(url, project, TASKS, within=WITHIN)
         elapsed = time.monotonic() - started
         await agents.stop()
 
@@ -68,7 +77,8 @@ async def test_fifty_agent_processes_complete_five_thousand_tasks_exactly_once(t
 
     per_agent = sorted(len({r["task"] for r in agents.records("completed") if r["agent"] == n}) for n in names)
     print(
-        f"\nR1: {AGENTS} agents in {len(agents.processes)} processes completed {TASKS} tasks in {elapsed:.1f}s "
+        f"\nR1: {AGENTS} agents in {len(agents.processes)} processes, two servers, "
+        f"completed {TASKS} tasks in {elapsed:.1f}s "
         f"({TASKS / elapsed:.0f} tasks/s, claim+submit); per agent min {per_agent[0]} max {per_agent[-1]}; "
         f"subscriber received {len(subscriber.ids)} events = the log"
     )

@@ -7,7 +7,8 @@ agent and on some ready tasks, for HOLD seconds (RESILIENCE_LONG_TX_SECONDS: 20 
   retryable timeout error, and the other agents keep completing tasks meanwhile (claims
   SKIP LOCKED past the locked tasks);
 - the reaper is not stalled by it: a crashed agent's task is still requeued within
-  HEARTBEAT_TIMEOUT_SECONDS + REAPER_INTERVAL_SECONDS;
+  HEARTBEAT_TIMEOUT_SECONDS + REAPER_INTERVAL_SECONDS, although another crashed agent's
+  task is among the locked rows (that one is requeued once the transaction ends);
 - when it ends, the locked tasks and the blocked agent are worked again and every task
   completes exactly once."""
 
@@ -71,7 +72,9 @@ async def test_a_long_transaction_blocks_nothing_forever_and_work_recovers(tmp_p
         names = await register_agents(gql, "r5", PROCESSES)
         held_agent = names[0]
         crash_project = await create_project(gql, "r5-crash")
-        (crash_task,) = await create_tasks(gql, crash_project, 1)
+        crash_task, locked_crash_task = await create_tasks(gql, crash_project, 2)
+        # Registered first, so the reaper meets it first among the silent agents.
+        (locked_crashed,) = await register_agents(gql, "r5-crashed-locked", 1)
         (crashed,) = await register_agents(gql, "r5-crashed", 1)
         agents.start([server.url], project, grouped(names, 1), start=True, work_seconds=0.2)
         await agents.wait_ready()
@@ -90,7 +93,11 @@ async def test_a_long_transaction_blocks_nothing_forever_and_work_recovers(tmp_p
         ]
         assert len(locked) == LOCKED_TASKS
         began = time.time()
-        await gql.execute(CLAIM, id=crash_task, agent=crashed)  # ...and that agent dies at once
+        # Two agents claim a task each and die at once; the transaction also holds one of
+        # those tasks (someone inspecting it).
+        await gql.execute(CLAIM, id=locked_crash_task, agent=locked_crashed)
+        await blocker.execute("SELECT id FROM tasks WHERE id = $1 FOR UPDATE", int(locked_crash_task))
+        await gql.execute(CLAIM, id=crash_task, agent=crashed)
         completed_at_start = len(agents.completed())
         try:
             await asyncio.sleep(HOLD)
@@ -106,9 +113,10 @@ async def test_a_long_transaction_blocks_nothing_forever_and_work_recovers(tmp_p
         ended = time.time()
 
         assert during > 0, "the other agents completed nothing while the transaction was open"
-        # Not only tasks claimed before it began: claims go on, past the locked tasks.
-        late_claims = [r for r in agents.records("claimed") if began + HOLD / 2 <= r["t"] <= ended]
-        assert late_claims, "no claim succeeded in the second half of the hold: claims wait on the locked tasks"
+        # Not only tasks claimed before it began: claims go on past the locked tasks (a claim
+        # that waited for them would have ended at the statement timeout, unsuccessful).
+        late_claims = [r for r in agents.records("claimed") if began + STATEMENT_TIMEOUT + 2 <= r["t"] <= ended]
+        assert late_claims, "no claim succeeded once the transaction held the tasks: claims wait on locked tasks"
         assert {row["status"] for row in statuses} == {"PENDING"}, "claims skip the locked tasks"
         assert crash_status == "PENDING", "the reaper requeued the crashed agent's task despite the open transaction"
         assert held_errors, "the blocked agent's calls never returned"
@@ -128,7 +136,11 @@ async def test_a_long_transaction_blocks_nothing_forever_and_work_recovers(tmp_p
             "the blocked agent never worked again"
         )
 
-        crash_events = await project_events(url, crash_project)
+        async def both_requeued() -> bool:
+            return {t["status"] for t in (await project_tasks(url, crash_project)).values()} == {"PENDING"}
+
+        await poll_until(both_requeued, within=60, what="both crashed agents' tasks requeued")
+        crash_events = [e for e in await project_events(url, crash_project) if str(e["task_id"]) == crash_task]
         (claimed,) = [e for e in crash_events if e["type"] == "CLAIMED"]
         (expired,) = [e for e in crash_events if e["type"] == "LEASE_EXPIRED"]
         requeued = (expired["created_at"] - claimed["created_at"]).total_seconds()
@@ -137,7 +149,8 @@ async def test_a_long_transaction_blocks_nothing_forever_and_work_recovers(tmp_p
 
     print(
         f"\nR5: a transaction held agent {held_agent}'s row and {LOCKED_TASKS} ready tasks for {ended - began:.1f}s; "
-        f"meanwhile {during} tasks completed by the others ({len(late_claims)} claimed in its second half), "
+        f"meanwhile {during} tasks completed by the others "
+        f"({len(late_claims)} claimed {STATEMENT_TIMEOUT + 2:g} s or more into it), "
         f"the blocked agent's {len(held_errors)} calls ended "
         f"with the statement timeout (longest wait of any call {max(waits):.1f}s, STATEMENT_TIMEOUT_SECONDS "
         f"{STATEMENT_TIMEOUT:g}), a crashed agent's task was requeued after {requeued:.1f}s (bound {bound:g}s); "

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from task_service.db.leader import LEADER_LOCK_KEY
 from tests.e2e.conftest import Server, fresh_pg_database, graphql_client, running_server
 from tests.e2e.test_concurrency import CLAIM
+from tests.e2e.test_leases import leader_backends
 from tests.ops.helpers import sample, scrape
 from tests.resilience.helpers import (
     RUN_DEADLINE,
@@ -52,12 +52,8 @@ async def is_leader(server: Server) -> bool:
 
 async def lock_holder(database_url: str) -> int | None:
     """The backend pid holding the reaper's leader lock in this database, if any."""
-    async with db(database_url) as conn:
-        return await conn.fetchval(
-            "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-            "WHERE l.locktype = 'advisory' AND l.objid = $1 AND l.granted AND d.datname = current_database()",
-            LEADER_LOCK_KEY,
-        )
+    holders = await leader_backends(database_url.rsplit("/", 1)[1])
+    return holders[0] if holders else None
 
 
 async def test_the_other_replica_takes_over_the_reaper_and_no_lease_is_missed(tmp_path: Path) -> None:

@@ -167,6 +167,25 @@ class TestConcurrencyLimit:
         assert agent["agent"] == {"status": "ONLINE", "currentTasks": []}
         assert await claim_next(gql, "solo") == second
 
+    async def test_soft_deleted_project_frees_its_holders_and_restoring_takes_them_back(self, gql, pid):
+        await f.agent(gql, name="solo", maxConcurrentTasks=1)
+        first = await new_task(gql, pid, "first")
+        await f.claim(gql, task_id=first, agent="solo")
+        query = '{ agent(name: "solo") { status currentTasks { id } } }'
+        await gql.execute("mutation($id: ID!) { deleteProject(id: $id) }", id=pid)
+        assert (await gql.execute(query))["agent"] == {"status": "ONLINE", "currentTasks": []}
+        await gql.execute("mutation($id: ID!) { restoreProject(id: $id) { id } }", id=pid)
+        assert (await gql.execute(query))["agent"] == {"status": "BUSY", "currentTasks": [{"id": first}]}
+
+    async def test_restoring_a_held_task_makes_its_agent_busy_again(self, gql, pid):
+        await f.agent(gql, name="solo", maxConcurrentTasks=1)
+        first = await new_task(gql, pid, "first")
+        await f.claim(gql, task_id=first, agent="solo")
+        await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=first)
+        await gql.execute("mutation($id: ID!) { restoreTask(id: $id) { id } }", id=first)
+        agent = await gql.execute('{ agent(name: "solo") { status currentTasks { id } } }')
+        assert agent["agent"] == {"status": "BUSY", "currentTasks": [{"id": first}]}
+
 
 class TestClaimNextFilters:
     async def test_project_filter_picks_from_that_project_only(self, gql, pid):

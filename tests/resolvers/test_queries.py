@@ -520,6 +520,20 @@ class TestProjectMutations:
         available = await gql.execute("{ availableTasks { id } }")
         assert [t["id"] for t in available["availableTasks"]] == [t1, t3]
 
+    async def test_soft_delete_and_restore_set_the_holders_status(self, gql):
+        """An agent whose only task leaves with its project is no longer BUSY; restoring the
+        project makes it BUSY again (found by the state-machine fuzzer)."""
+        pid = await f.project(gql)
+        (task,) = await create_many(gql, pid, 1)
+        await f.agent(gql, name="a")
+        await f.claim(gql, task_id=task, agent="a")
+        status = 'query { agent(name: "a") { status } }'
+        assert (await gql.execute(status))["agent"]["status"] == "BUSY"
+        await gql.execute("mutation($id: ID!) { deleteProject(id: $id) }", id=pid)
+        assert (await gql.execute(status))["agent"]["status"] == "ONLINE"
+        await gql.execute("mutation($id: ID!) { restoreProject(id: $id) { id } }", id=pid)
+        assert (await gql.execute(status))["agent"]["status"] == "BUSY"
+
     async def test_hard_delete_erases_the_project_and_its_tasks(self, gql):
         pid = await f.project(gql, name="A")
         other = await f.project(gql, name="B")

@@ -1,0 +1,149 @@
+"""The hot mutations' round trips (issue 10): claimNextTask is two statements on PostgreSQL
+(lock the agent with its count and skill sets; claim with its event, counters and leases in
+one), a heartbeat three (lock, renew leases, set the agent's time and status). Each keeps the
+rules of the ORM path it replaces, checked here on both databases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from task_service.db.models import Agent, Task, TaskEvent
+from tests import factories as f
+from tests.statements import StatementCounter, count_statements
+
+CLAIM_NEXT = 'mutation { claimNextTask(agent: "a") { id status attempt leaseExpiresAt } }'
+HEARTBEAT = 'mutation { heartbeat(agent: "a") { name status lastHeartbeatAt } }'
+
+
+def work(counter: StatementCounter) -> list[str]:
+    """The request's own statements: not transaction control, not the sequencer's pass
+    (the advisory lock, the stamp, the horizon), not the presence snapshot reads."""
+    sequencer = ("pg_advisory_xact_lock", "SET seq", "max(task_events.seq)", "MAX(TASK_EVENTS.SEQ)")
+    return [
+        s
+        for s in counter.statements
+        if not s.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK"))
+        and not any(marker.lower() in s.lower() for marker in sequencer)
+    ]
+
+
+async def agent_row(services: Any, name: str) -> Agent:
+    async with services.read() as session:
+        row = await session.scalar(select(Agent).where(Agent.name == name))
+        assert row is not None
+        return row
+
+
+class TestClaimNext:
+    async def test_a_claim_changes_the_task_agent_and_log_together(self, gql, services, backend):
+        pid = await f.project(gql)
+        await f.agent(gql, name="a", maxConcurrentTasks=3)
+        first = await f.task(gql, project_id=pid, title="first", priority=9)
+        second = await f.task(gql, project_id=pid, title="second", priority=1)
+        held = (await gql.execute(CLAIM_NEXT))["claimNextTask"]
+        assert held["id"] == first["id"]
+        before = (await agent_row(services, "a")).last_heartbeat_at
+
+        with count_statements(services) as counter:
+            claimed = (await gql.execute(CLAIM_NEXT))["claimNextTask"]
+
+        assert claimed["id"] == second["id"]
+        assert (claimed["status"], claimed["attempt"]) == ("ASSIGNED", 1)
+        agent = await agent_row(services, "a")
+        assert (agent.status, agent.claimed_count) == ("BUSY", 2)
+        assert agent.last_heartbeat_at is not None
+        assert before is not None
+        assert agent.last_heartbeat_at > before
+        async with services.read() as session:
+            events = (
+                await session.execute(
+                    select(
+                        TaskEvent.type, TaskEvent.from_status, TaskEvent.to_status, TaskEvent.actor, TaskEvent.agent_id
+                    )
+                    .where(TaskEvent.task_id == int(second["id"]))
+                    .order_by(TaskEvent.id)
+                )
+            ).all()
+            assert events[-1] == ("CLAIMED", "PENDING", "ASSIGNED", "a", agent.id)
+            assignee = await session.scalar(select(Task.assignee_id).where(Task.id == int(second["id"])))
+            assert assignee == agent.id
+            # The claim renewed the lease of the task the agent already held.
+            leases = dict((await session.execute(select(Task.id, Task.lease_expires_at))).all())
+        assert leases[int(first["id"])] == leases[int(second["id"])]
+        if backend == "postgresql":
+            assert len(work(counter)) == 2, work(counter)
+
+    async def test_nothing_to_claim_changes_nothing(self, gql, services, backend):
+        pid = await f.project(gql)
+        await f.agent(gql, name="a")
+        await f.task(gql, project_id=pid, requiredSkills=["rust"])
+        before = await agent_row(services, "a")
+        with count_statements(services) as counter:
+            assert (await gql.execute(CLAIM_NEXT))["claimNextTask"] is None
+        after = await agent_row(services, "a")
+        assert (after.status, after.claimed_count) == (before.status, before.claimed_count)
+        async with services.read() as session:
+            assert (
+                await session.scalar(select(func.count()).select_from(TaskEvent).where(TaskEvent.type == "CLAIMED"))
+                == 0
+            )
+        if backend == "postgresql":
+            assert len(work(counter)) == 1, work(counter)  # no skill set of its own: no claim statement
+
+    async def test_the_limit_is_checked_before_claiming(self, gql, services):
+        pid = await f.project(gql)
+        await f.agent(gql, name="a", maxConcurrentTasks=1)
+        await f.task(gql, project_id=pid)
+        await f.task(gql, project_id=pid)
+        await gql.execute(CLAIM_NEXT)
+        assert (await gql.error(CLAIM_NEXT)).code == "LIMIT_REACHED"
+        assert (await agent_row(services, "a")).claimed_count == 1
+
+
+class TestHeartbeat:
+    async def test_a_heartbeat_renews_leases_and_keeps_the_status(self, gql, services, backend):
+        pid = await f.project(gql)
+        await f.agent(gql, name="a")
+        task = await f.task(gql, project_id=pid)
+        await f.claim(gql, task_id=task["id"], agent="a")
+        async with services.read() as session:
+            lease_before = await session.scalar(select(Task.lease_expires_at).where(Task.id == int(task["id"])))
+
+        with count_statements(services) as counter:
+            beat = (await gql.execute(HEARTBEAT))["heartbeat"]
+
+        assert beat["status"] == "BUSY"
+        async with services.read() as session:
+            lease_after = await session.scalar(select(Task.lease_expires_at).where(Task.id == int(task["id"])))
+        assert lease_before is not None
+        assert lease_after is not None
+        assert lease_after > lease_before
+        if backend == "postgresql":
+            assert len(work(counter)) == 3, work(counter)
+
+    async def test_a_deleted_task_does_not_keep_its_agent_busy(self, gql, services):
+        pid = await f.project(gql)
+        await f.agent(gql, name="a")
+        task = await f.task(gql, project_id=pid)
+        await f.claim(gql, task_id=task["id"], agent="a")
+        await gql.execute("mutation($id: ID!) { deleteTask(id: $id) }", id=task["id"])
+        beat = (await gql.execute(HEARTBEAT))["heartbeat"]
+        assert beat["status"] == "ONLINE"
+
+
+class TestReads:
+    async def test_task_by_id_is_one_statement_without_a_transaction(self, gql, services, backend):
+        """A read sends its SELECT alone; on PostgreSQL on an autocommit connection, so without
+        a BEGIN before it and a ROLLBACK after (asyncpg sends those outside the cursor)."""
+        pid = await f.project(gql)
+        task = await f.task(gql, project_id=pid)
+        with count_statements(services) as counter:
+            data = await gql.execute("query($id: ID!) { task(id: $id) { id status } }", id=task["id"])
+        assert data["task"] == {"id": task["id"], "status": "PENDING"}
+        assert len(work(counter)) == 1, work(counter)
+        if backend == "postgresql":
+            async with services.read() as session:
+                conn = await session.connection()
+                assert conn.sync_connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
