@@ -32,7 +32,7 @@ UPDATE tasks SET status = 'ASSIGNED', attempt = attempt + 1, assigned_at = now()
 WHERE id = (
     SELECT id FROM tasks
     WHERE project_id = $1 AND status = 'PENDING' AND deleted_at IS NULL AND unmet_dependencies = 0
-      AND available_at IS NULL
+      AND available_at IS NULL AND skill_set_id = (SELECT id FROM skill_sets WHERE key = '')
     ORDER BY priority DESC, due_at, created_at, id
     LIMIT 1 FOR UPDATE SKIP LOCKED
 )
