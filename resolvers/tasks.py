@@ -74,8 +74,8 @@ def _new_task(item: CreateTaskInput, index: int | None, refs: dict[str, int], ca
         max_attempts=validate.int_range(item.max_attempts, f"{where}maxAttempts", 1, 100),
         estimated_hours=validate.non_negative(item.estimated_hours, f"{where}estimatedHours"),
         timeout_minutes=validate.int_range(item.timeout_minutes, f"{where}timeoutMinutes", 1, 525_600),
-        available_at=item.available_at,
-        due_at=item.due_at,
+        available_at=validate.moment(item.available_at),
+        due_at=validate.moment(item.due_at),
         created_by=_creator(item.created_by, f"{where}createdBy", caller),
         idempotency_key=validate.text(item.idempotency_key, f"{where}idempotencyKey", limit=200),
     )
@@ -191,8 +191,8 @@ class TaskMutation:
             "acceptance_criteria": validate.description,
             "max_attempts": lambda v: validate.int_range(v, "maxAttempts", 1, 100),
             "timeout_minutes": lambda v: validate.int_range(v, "timeoutMinutes", 1, 525_600),
-            "available_at": lambda v: v,
-            "due_at": lambda v: v,
+            "available_at": validate.moment,
+            "due_at": validate.moment,
         }
         not_null = {"title", "priority", "max_attempts"}
         for field, check in checks.items():

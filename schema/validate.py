@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from ..db.models import DESCRIPTION_LENGTH, NAME_LENGTH, TITLE_LENGTH
 from ..errors import BadInput
@@ -99,3 +100,11 @@ def decode_cursor(cursor: str | None) -> int | None:
     except (binascii.Error, UnicodeDecodeError, ValueError, BadInput):
         pass
     raise BadInput(f"after {cursor!r} is not a cursor from pageInfo.endCursor")
+
+
+def moment(value: datetime | None) -> datetime | None:
+    """A DateTime argument as an aware UTC datetime: one without an offset is taken as UTC
+    (compared with aware times later, a naive one would fail)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -147,3 +147,22 @@ class TestReads:
             async with services.read() as session:
                 conn = await session.connection()
                 assert conn.sync_connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+
+class TestTimesWithoutOffset:
+    async def test_a_time_without_an_offset_is_utc(self, gql):
+        """updateTask/createTask with availableAt lacking an offset answered INTERNAL on SQLite
+        (naive vs aware comparison in `ready`; found by the state-machine fuzzer)."""
+        pid = await f.project(gql)
+        created = await gql.execute(
+            'mutation($p: ID!) { createTask(input: {projectId: $p, title: "t", taskType: "code", '
+            'availableAt: "2020-01-01T00:00:00"}) { id ready availableAt } }',
+            p=pid,
+        )
+        assert created["createTask"]["ready"] is True
+        assert created["createTask"]["availableAt"].startswith("2020-01-01T00:00:00")
+        updated = await gql.execute(
+            'mutation($id: ID!) { updateTask(id: $id, input: {availableAt: "2999-01-01T00:00:00"}) { ready } }',
+            id=created["createTask"]["id"],
+        )
+        assert updated["updateTask"]["ready"] is False
