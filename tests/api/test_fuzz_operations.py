@@ -29,6 +29,7 @@ from task_service.services import Services
 from tests import factories as f
 from tests import invariants
 from tests.conftest import Client
+from tests.fuzz_seed import DERANDOMIZE
 
 # Cases per test and backend (a nightly run may raise it).
 CASES = int(os.environ.get("FUZZ_OPERATION_CASES", "200"))
@@ -66,6 +67,7 @@ SETTINGS = settings(
     max_examples=CASES,
     deadline=None,
     database=None,
+    derandomize=DERANDOMIZE,
     suppress_health_check=list(HealthCheck),
     print_blob=True,
 )

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.e2e.conftest import Server, running_server
 from tests.e2e.security_helpers import ADMIN_KEY
+from tests.fuzz_seed import DERANDOMIZE
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -231,7 +232,13 @@ async def test_generated_requests_never_break_the_server(server: Server) -> None
     def fuzz() -> None:
         with httpx.Client(base_url=server.url, timeout=60, trust_env=False) as client:
 
-            @settings(max_examples=CASES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=CASES,
+                deadline=None,
+                database=None,
+                derandomize=DERANDOMIZE,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(request=requests())
             def each(request: dict[str, Any]) -> None:
                 response = client.request(**request)

@@ -35,6 +35,7 @@ from task_service.resolvers.context import Context
 from task_service.services import Services
 from tests import invariants
 from tests.conftest import empty_database
+from tests.fuzz_seed import DERANDOMIZE
 
 # FUZZ_EXAMPLES sequences of up to FUZZ_STEPS steps on each backend: with the defaults about
 # 1,700 operations per backend (each followed by the invariant check), a minute or two on
@@ -836,6 +837,7 @@ async def test_every_sequence_keeps_the_invariants(services: Services, schema: S
         stateful_step_count=STEPS,
         deadline=None,
         database=None,
+        derandomize=DERANDOMIZE,
         suppress_health_check=list(HealthCheck),
         print_blob=True,
         phases=PHASES,
