@@ -29,7 +29,7 @@ from task_service.services import Services
 from tests import factories as f
 from tests import invariants
 from tests.conftest import Client
-from tests.fuzz_seed import DERANDOMIZE
+from tests.fuzzing import DERANDOMIZE
 
 # Cases per test and backend (a nightly run may raise it).
 CASES = int(os.environ.get("FUZZ_OPERATION_CASES", "200"))

@@ -20,26 +20,12 @@ from hypothesis import strategies as st
 
 from tests.e2e.conftest import Server, running_server
 from tests.e2e.security_helpers import ADMIN_KEY
-from tests.fuzz_seed import DERANDOMIZE
+from tests.fuzzing import CODES, DERANDOMIZE
 
 pytestmark = pytest.mark.timeout(600)
 
 CASES = int(os.environ.get("FUZZ_HTTP_CASES", "300"))
 MAX_BODY = 64 * 1024  # the server below runs with MAX_BODY_BYTES at 64 KB, so big bodies are cheap
-CODES = {
-    "BAD_USER_INPUT",
-    "NOT_FOUND",
-    "CONFLICT",
-    "INVALID_TRANSITION",
-    "DEPENDENCIES_NOT_MET",
-    "CYCLE_DETECTED",
-    "LIMIT_REACHED",
-    "STALE_ATTEMPT",
-    "UNAUTHENTICATED",
-    "FORBIDDEN",
-    "RATE_LIMITED",
-    "QUERY_TOO_COMPLEX",
-}
 
 OPERATIONS = [
     "{ tasks { totalCount nodes { id status } } }",

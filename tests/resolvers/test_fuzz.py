@@ -35,7 +35,7 @@ from task_service.resolvers.context import Context
 from task_service.services import Services
 from tests import invariants
 from tests.conftest import empty_database
-from tests.fuzz_seed import DERANDOMIZE
+from tests.fuzzing import CODES, DERANDOMIZE
 
 # FUZZ_EXAMPLES sequences of up to FUZZ_STEPS steps on each backend: with the defaults about
 # 1,700 operations per backend (each followed by the invariant check), a minute or two on
@@ -45,20 +45,6 @@ STEPS = int(os.environ.get("FUZZ_STEPS", "40"))
 # FUZZ_SHRINK=0 reports a failure as found, without minimising it (faster while debugging).
 PHASES = [p for p in Phase if os.environ.get("FUZZ_SHRINK", "1") != "0" or p is not Phase.shrink]
 
-CODES = {
-    "BAD_USER_INPUT",
-    "NOT_FOUND",
-    "CONFLICT",
-    "INVALID_TRANSITION",
-    "DEPENDENCIES_NOT_MET",
-    "CYCLE_DETECTED",
-    "LIMIT_REACHED",
-    "STALE_ATTEMPT",
-    "UNAUTHENTICATED",
-    "FORBIDDEN",
-    "RATE_LIMITED",
-    "QUERY_TOO_COMPLEX",
-}
 # Steps after which an agent may legitimately hold more than its (new) limit: lowering the
 # limit by re-registering, and bringing back a soft-deleted task the agent still held.
 LIMIT_MAY_BE_EXCEEDED = {"registerAgent", "restoreTask", "restoreProject"}
