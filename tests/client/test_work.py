@@ -200,6 +200,29 @@ class TestCrashes:
         assert [line.split()[:2] for line in log.read_text().splitlines()] == [[task.id, "1"], [task.id, "2"]]
         assert [e["task"] for e in rescuer.events("submitted")] == [task.id]
 
+    async def test_background_heartbeats_keep_a_silent_tasks_lease(self, server: Server, tmp_path: Path) -> None:
+        """A command that prints nothing for longer than two lease timeouts keeps its task:
+        only the worker's background heartbeats renew the lease meanwhile."""
+        done_marker = tmp_path / "done"
+        silent = 2 * HEARTBEAT_TIMEOUT + 2
+        script = f'read -r t; sleep {silent}; touch {done_marker}; echo "{{\\"slept\\": {silent}}}"'
+        client = await sdk(server.url)
+        project = await client.create_project(unique("silent"))
+        task = await client.create_task(project.id, "quiet and slow", "testing", requiresReview=False)
+        worker = await start_worker(server.url, tmp_path, "--project", project.id, "--once", script=script)
+        try:
+            assert await worker.wait(timeout=120) == 0
+            done = await client.task(task.id)
+            events = [e.type for e in await client.events(task_id=task.id, after="0")]
+        finally:
+            await worker.stop()
+            await client.close()
+        assert done_marker.exists()
+        assert done is not None
+        assert (done.status, done.attempt, done.result) == ("COMPLETED", 1, {"slept": silent})
+        assert "LEASE_EXPIRED" not in events
+        assert events == ["CREATED", "CLAIMED", "STARTED", "SUBMITTED"]
+
     async def test_a_restarted_worker_finishes_what_its_previous_run_left(
         self, steady_server: Server, tmp_path: Path
     ) -> None:
