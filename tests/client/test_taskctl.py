@@ -311,6 +311,26 @@ class TestRefusals:
         assert offline.stderr.count("\n") == 1
 
 
+class TestTags:
+    async def test_next_with_a_tag_claims_only_a_matching_task(self, taskctl: Taskctl) -> None:
+        agent = taskctl.as_agent(unique("tagged"))
+        await agent.ok("register")
+        project = await new_project(agent)
+        # The untagged and the other-tag tasks rank first: only the filter keeps them out.
+        untagged = await new_task(agent, project, "--priority", "10")
+        frontend = await new_task(agent, project, "--priority", "9", "--tag", "frontend")
+        backend = await new_task(agent, project, "--priority", "1", "--tag", "backend", "--tag", "api")
+        claimed = await agent.ok("next", "--project", project, "--tag", "backend")
+        assert (claimed["id"], claimed["tags"], claimed["status"]) == (backend["id"], ["backend", "api"], "ASSIGNED")
+        none_left = await agent("next", "--project", project, "--tag", "backend")
+        assert none_left.code == 3
+        no_such_tag = await agent("next", "--project", project, "--tag", "mobile")
+        assert no_such_tag.code == 3
+        for task in (untagged, frontend):
+            shown = await agent.ok("show", task["id"])
+            assert (shown["status"], shown["assignee"]) == ("PENDING", None)
+
+
 class TestLooking:
     async def test_projects_project_show_and_stats(self, taskctl: Taskctl) -> None:
         agent = taskctl.as_agent(unique("viewer"))

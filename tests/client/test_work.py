@@ -336,3 +336,29 @@ class TestSignalsAndOnce:
             "plain text result for research",
         )
         assert [line["event"] for line in worker.lines] == ["ready", "claimed", "submitted", "stopped"]
+
+    async def test_once_with_a_tag_takes_only_a_matching_task(self, server: Server, tmp_path: Path) -> None:
+        client = await sdk(server.url)
+        project = await client.create_project(unique("tags"))
+        untagged = await client.create_task(project.id, "first by priority", "testing", priority=10)
+        tagged = await client.create_task(
+            project.id, "the one", "testing", priority=1, tags=["gpu"], requiresReview=False
+        )
+        script = 'read -r t; echo "{\\"ran\\": \\"$TASK_ID\\"}"'
+        try:
+            worker = await start_worker(
+                server.url, tmp_path, "--project", project.id, "--once", "--tag", "gpu", script=script
+            )
+            assert await worker.wait() == 0
+            nothing = await start_worker(
+                server.url, tmp_path, "--project", project.id, "--once", "--tag", "gpu", script=script
+            )
+            assert await nothing.wait() == 3
+            done, left = await client.task(tagged.id), await client.task(untagged.id)
+        finally:
+            await client.close()
+        assert done is not None
+        assert left is not None
+        assert (done.status, done.result) == ("COMPLETED", {"ran": tagged.id})
+        assert (left.status, left.assignee) == ("PENDING", None)
+        assert [e["task"] for e in worker.events("claimed")] == [tagged.id]
