@@ -125,6 +125,15 @@ class TestTokenOnlyAgent:
         done = await admin.ok("show", task["id"])
         assert (done["status"], done["result"], done["assignee"]) == ("COMPLETED", {"by": name}, name)
 
+    async def test_token_flag_wins_over_task_service_token(self, admin: Taskctl) -> None:
+        _, env_agent = await token_agent(admin)
+        flag_name, flag_agent = await token_agent(admin)
+        flag_token = flag_agent.env["TASK_SERVICE_TOKEN"]
+        beat = await env_agent.ok("heartbeat", "--token", flag_token)
+        assert beat["name"] == flag_name
+        wrong_env = await env_agent.ok("heartbeat", "--token", flag_token, TASK_SERVICE_TOKEN="tsa_not-a-token")
+        assert wrong_env["name"] == flag_name
+
     async def test_the_admin_key_acts_for_a_named_agent(self, admin: Taskctl) -> None:
         name = unique("managed")
         await admin.ok("register", name)

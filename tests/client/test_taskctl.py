@@ -311,6 +311,30 @@ class TestRefusals:
         assert offline.stderr.count("\n") == 1
 
 
+class TestFlagsOverrideTheEnvironment:
+    async def test_url_flag_wins_over_task_service_url(self, taskctl: Taskctl) -> None:
+        agent = taskctl.as_agent(unique("flagged"))
+        await agent.ok("register")
+        project = await new_project(agent)
+        unreachable = {"TASK_SERVICE_URL": "http://127.0.0.1:9", "TASK_SERVICE_RETRIES": "1"}
+        assert (await agent("project", "show", project, **unreachable)).code == 1
+        after = await agent.ok("project", "show", project, "--url", taskctl.url, **unreachable)
+        before = await agent.ok("--url", taskctl.url, "project", "show", project, **unreachable)
+        assert after["id"] == before["id"] == project
+
+    async def test_agent_flag_wins_over_agent_name(self, taskctl: Taskctl) -> None:
+        a, b = unique("a"), unique("b")
+        await taskctl.ok("register", a)
+        await taskctl.ok("register", b)
+        project = await new_project(taskctl.as_agent(a))
+        await new_task(taskctl.as_agent(a), project)
+        claimed = await taskctl.ok("next", "--project", project, "--agent", b, AGENT_NAME=a)
+        assert claimed["assignee"] == b
+        mine = await taskctl.ok("--agent", b, "mine", AGENT_NAME=a)
+        assert [t["id"] for t in mine] == [claimed["id"]]
+        assert await taskctl.ok("mine", AGENT_NAME=a) == []
+
+
 class TestTags:
     async def test_next_with_a_tag_claims_only_a_matching_task(self, taskctl: Taskctl) -> None:
         agent = taskctl.as_agent(unique("tagged"))
