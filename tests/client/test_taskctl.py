@@ -427,6 +427,25 @@ class TestLooking:
         resumed = await live
         assert [e["type"] for e in resumed] == ["STARTED", "PROGRESS"]
 
+    async def test_watch_count_exits_after_that_many_events(self, taskctl: Taskctl) -> None:
+        agent = taskctl.as_agent(unique("counter"))
+        await agent.ok("register")
+        task = await new_task(agent, await new_project(agent))
+        await agent.ok("claim", task["id"], "--start")
+        replayed = await agent("watch", "--task", task["id"], "--after", "0", "--count", "3", timeout=120)
+        assert replayed.code == 0, replayed.stderr
+        assert [e["type"] for e in replayed.lines] == ["CREATED", "CLAIMED", "STARTED"]
+        # Waits for the next event, prints it alone and exits (what SKILL.md tells agents).
+        waiting = asyncio.create_task(
+            agent("watch", "--task", task["id"], "--after", replayed.lines[-1]["id"], "--count", "1", timeout=120)
+        )
+        nothing_yet = await agent("watch", "--task", task["id"], "--after", "0", "--count", "0")
+        assert (nothing_yet.code, nothing_yet.stderr.split(":")[0]) == (1, "BAD_USER_INPUT")
+        await agent.ok("progress", task["id"], "10")
+        one = await waiting
+        assert one.code == 0, one.stderr
+        assert [e["type"] for e in one.lines] == ["PROGRESS"]
+
 
 class TestBreakdown:
     async def test_a_yaml_plan_creates_the_project_and_links_refs(self, taskctl: Taskctl, tmp_path: Path) -> None:

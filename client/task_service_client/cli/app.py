@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -230,8 +231,16 @@ async def cmd_show(c: TaskServiceClient, a: argparse.Namespace) -> Any:
 
 
 async def cmd_watch(c: TaskServiceClient, a: argparse.Namespace) -> Any:
-    async for event in c.subscribe_events(after=a.after, project_id=a.project, task_id=a.task, agent=a.of_agent):
-        emit(event, human_output=a.human, lines=True)
+    if a.count is not None and a.count < 1:
+        raise BadUserInputError(f"--count must be at least 1; got {a.count}")
+    seen = 0
+    events = c.subscribe_events(after=a.after, project_id=a.project, task_id=a.task, agent=a.of_agent)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            emit(event, human_output=a.human, lines=True)
+            seen += 1
+            if a.count is not None and seen >= a.count:
+                return None, EXIT_OK
 
 
 async def cmd_projects(c: TaskServiceClient, a: argparse.Namespace) -> Any:
@@ -443,10 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add(
         "watch",
-        "Stream task events as JSON lines, forever; resume where you stopped with --after.",
-        "taskctl watch --project 1\ntaskctl watch --after 1520   # replays from event 1521, then live",
+        "Stream task events as JSON lines (forever, or until --count events); resume where you stopped with --after.",
+        "taskctl watch --project 1\n"
+        "taskctl watch --after 1520   # replays from event 1521, then live\n"
+        "taskctl watch --count 1      # wait for the next event, print it and exit",
         cmd_watch,
     )
+    r.add_argument("--count", type=int, metavar="N", help="exit after printing N events")
     r.add_argument("--after", help='last event id seen ("0": all history; default: from now on)')
     r.add_argument("--project")
     r.add_argument("--task")
@@ -585,7 +597,7 @@ async def _run(handler: Callable[..., Awaitable[Any]], args: argparse.Namespace)
     async with make_client(args) as client:
         outcome = await handler(client, args)
     value, code = outcome if isinstance(outcome, tuple) else (outcome, EXIT_OK)
-    if args.command != "work":  # the worker prints its own JSON lines
+    if args.command not in {"work", "watch"}:  # these print their own JSON lines
         emit(value, human_output=args.human)
     return code
 
