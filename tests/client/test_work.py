@@ -161,6 +161,35 @@ class TestManyWorkers:
         assert sum(1 for n in submitted if n) >= 2, submitted
 
 
+class TestConcurrency:
+    async def test_concurrency_runs_tasks_at_the_same_time(self, server: Server, tmp_path: Path) -> None:
+        """One worker with --concurrency 3: the runs' [start, end] intervals overlap (a check
+        of concurrency, not of speed: any overlap at all proves two ran at once)."""
+        log = tmp_path / "times.log"
+        script = (
+            f'read -r t; start=$(date +%s.%N); sleep 1; echo "$TASK_ID $start $(date +%s.%N)" >> {log}; echo "{{}}"'
+        )
+        client = await sdk(server.url)
+        project = await client.create_project(unique("concurrent"))
+        tasks = await client.create_tasks(
+            project.id, [{"title": f"c{n}", "taskType": "testing", "requiresReview": False} for n in range(6)]
+        )
+        worker = await start_worker(
+            server.url, tmp_path, "--project", project.id, "--concurrency", "3", "--max-tasks", "6", script=script
+        )
+        try:
+            assert await worker.wait(timeout=180) == 0
+        finally:
+            await worker.stop()
+            await client.close()
+        runs = [(task, float(start), float(end)) for task, start, end in map(str.split, log.read_text().splitlines())]
+        assert sorted(task for task, _, _ in runs) == sorted(t.id for t in tasks)
+        overlapping = [(a[0], b[0]) for i, a in enumerate(runs) for b in runs[i + 1 :] if a[1] < b[2] and b[1] < a[2]]
+        assert overlapping, runs
+        assert worker.events("ready")[0]["concurrency"] == 3
+        assert len(worker.events("submitted")) == 6
+
+
 class TestCrashes:
     async def test_a_killed_workers_task_is_rerun_by_another_after_the_lease_expires(
         self, server: Server, tmp_path: Path
