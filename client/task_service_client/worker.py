@@ -2,7 +2,8 @@
 
 The worker registers (or, with an agent token, just identifies itself), heartbeats in the
 background, and runs up to `concurrency` slots. Each slot claims the best ready task, starts
-it and runs COMMAND with the task as JSON on stdin and in TASK_* environment variables:
+it and runs COMMAND with the task as JSON on stdin and in TASK_* environment variables
+(TASK_JSON is the same JSON; TASK_FEEDBACK is set when a reviewer sent the task back):
 
 - a line `PROGRESS <0-100> [message]` on the command's stdout reports progress;
 - a line `SUMMARY <text>` sets the submission's summary;
@@ -40,6 +41,9 @@ _WAKING_TYPES = {"UNBLOCKED", "UPDATED", "RESTORED", "DEPENDENCY_REMOVED"}
 _PASSING = {"RATE_LIMITED", "INTERNAL", "LIMIT_REACHED"}
 STDERR_TAIL = 4000
 STOP_GRACE_SECONDS = 10.0
+# Linux refuses to exec with one environment string over 128 KiB: a task this large (a big
+# result or description) reaches the command on stdin only.
+TASK_JSON_ENV_LIMIT = 100_000
 
 
 @dataclass
@@ -338,8 +342,8 @@ class Worker:
         self.emit("lost", task=running.task.id, code=exc.code, message=exc.message)
         self.client.attempts.forget(running.task.id)
 
-    def _environment(self, task: Task) -> dict[str, str]:
-        env = dict(os.environ)
+    def _environment(self, task: Task, task_json: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in {"TASK_FEEDBACK", "TASK_JSON"}}
         env.update(
             {
                 "TASK_ID": task.id,
@@ -347,15 +351,23 @@ class Worker:
                 "TASK_TITLE": task.title,
                 "TASK_TYPE": task.task_type,
                 "TASK_ATTEMPT": str(task.attempt),
+                "TASK_DESCRIPTION": task.description or "",
                 "TASK_SERVICE_URL": self.client.config.url,
             }
         )
+        if task.feedback:
+            env["TASK_FEEDBACK"] = task.feedback
+        if len(task_json.encode()) <= TASK_JSON_ENV_LIMIT:
+            env["TASK_JSON"] = task_json
+        else:
+            log.warning("task %s: its JSON is too large for TASK_JSON; read it from stdin", task.id)
         if self.client.agent:
             env["AGENT_NAME"] = self.client.agent
         return env
 
     async def _run_command(self, running: _Running) -> tuple[int, str, str]:
         task = running.task
+        task_json = json.dumps(to_json(task))
         # Its own session: a Ctrl-C in the terminal reaches only the worker, which then
         # stops the command and releases the task itself.
         process = running.process = await asyncio.create_subprocess_exec(
@@ -363,7 +375,7 @@ class Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=self._environment(task),
+            env=self._environment(task, task_json),
             start_new_session=True,
         )
         if self._stop.is_set():
@@ -372,7 +384,7 @@ class Worker:
         assert process.stdout is not None
         assert process.stderr is not None
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            process.stdin.write(json.dumps(to_json(task)).encode())
+            process.stdin.write(task_json.encode())
             await process.stdin.drain()
         process.stdin.close()
         out_lines: list[str] = []

@@ -336,12 +336,23 @@ class TestSignalsAndOnce:
             os.kill(child, 0)
 
     async def test_once_runs_one_task_with_its_json_on_stdin(self, server: Server, tmp_path: Path) -> None:
-        seen = tmp_path / "stdin.json"
+        seen, env_json, env_text = tmp_path / "stdin.json", tmp_path / "env.json", tmp_path / "env.txt"
         client = await sdk(server.url)
         project = await client.create_project(unique("once"))
-        task = await client.create_task(project.id, "just one", "research", tags=["x"], requiresReview=False)
+        task = await client.create_task(
+            project.id,
+            "just one",
+            "research",
+            tags=["x"],
+            requiresReview=False,
+            description="Find 'three' sources;\nsummarise them",
+        )
         await client.create_task(project.id, "left alone", "research")
-        script = f'cat > {seen}; echo "SUMMARY looked at $TASK_TITLE"; echo "plain text result for $TASK_TYPE"'
+        script = (
+            f'cat > {seen}; printf %s "$TASK_JSON" > {env_json}; '
+            f'printf "%s|%s" "$TASK_DESCRIPTION" "${{TASK_FEEDBACK-unset}}" > {env_text}; '
+            'echo "SUMMARY looked at $TASK_TITLE"; echo "plain text result for $TASK_TYPE"'
+        )
         try:
             worker = await start_worker(server.url, tmp_path, "--project", project.id, "--once", script=script)
             assert await worker.wait() == 0
@@ -358,6 +369,8 @@ class TestSignalsAndOnce:
             ["x"],
             "RUNNING",
         )
+        assert json.loads(env_json.read_text()) == payload
+        assert env_text.read_text() == "Find 'three' sources;\nsummarise them|unset"
         assert done is not None
         assert (done.status, done.summary, done.result) == (
             "COMPLETED",
@@ -391,3 +404,22 @@ class TestSignalsAndOnce:
         assert (done.status, done.result) == ("COMPLETED", {"ran": tagged.id})
         assert (left.status, left.assignee) == ("PENDING", None)
         assert [e["task"] for e in worker.events("claimed")] == [tagged.id]
+
+    async def test_a_rejected_task_brings_its_feedback_in_the_environment(self, server: Server, tmp_path: Path) -> None:
+        seen = tmp_path / "feedback.txt"
+        client = await sdk(server.url)
+        project = await client.create_project(unique("feedback"))
+        task = await client.create_task(project.id, "write it", "copywrite")
+        script = f'read -r t; printf "%s\\n" "${{TASK_FEEDBACK-unset}}" >> {seen}; echo "\\"draft $TASK_ATTEMPT\\""'
+        try:
+            first = await start_worker(server.url, tmp_path, "--project", project.id, "--once", script=script)
+            assert await first.wait() == 0
+            await client.review(task.id, approved=False, feedback="Cite your sources")
+            second = await start_worker(server.url, tmp_path, "--project", project.id, "--once", script=script)
+            assert await second.wait() == 0
+            again = await client.task(task.id)
+        finally:
+            await client.close()
+        assert seen.read_text() == "unset\nCite your sources\n"
+        assert again is not None
+        assert again.status == "REVIEWING"

@@ -534,9 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add(
         "work",
-        "Run COMMAND for each task you claim: the task arrives as JSON on stdin and in TASK_ID, "
-        "TASK_TITLE, TASK_TYPE, TASK_ATTEMPT, TASK_PROJECT_ID. Stdout lines `PROGRESS 40 message` "
-        "report progress and `SUMMARY text` sets the summary; the rest of stdout is the result "
+        "Run COMMAND for each task you claim: the task arrives as JSON on stdin and in TASK_JSON "
+        "(the same JSON; left out above 100 KB), TASK_ID, TASK_TITLE, TASK_DESCRIPTION, TASK_TYPE, "
+        "TASK_ATTEMPT, TASK_PROJECT_ID, and TASK_FEEDBACK when a reviewer sent it back. Stdout lines "
+        "`PROGRESS 40 message` report progress and `SUMMARY text` sets the summary; the rest of stdout is the result "
         "(JSON if it parses). Exit 0 submits, anything else fails the task with stderr's tail. "
         "Waits for new work on the event stream; Ctrl-C / SIGTERM stop the command and release "
         "its task. Prints one JSON line per step. Exits 0 when done, 3 with --once and nothing "
