@@ -102,14 +102,32 @@ class TestHelp:
             "TASK_SERVICE_TOKEN",
             "API_KEY",
             "3 nothing available",
+            "1 error (bad usage too: BAD_USER_INPUT",
             "4 refused",
             "STALE_ATTEMPT",
         ):
             assert needle in result.stdout
 
-    async def test_unknown_command_is_a_usage_error(self, taskctl: Taskctl) -> None:
-        result = await taskctl("frobnicate")
-        assert result.code == 2
+    @pytest.mark.parametrize(
+        ("args", "complaint"),
+        [
+            (["frobnicate"], "invalid choice: 'frobnicate'"),
+            (["next", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+            (["progress", "7", "half"], "argument percent: invalid int value: 'half'"),
+            (["review", "7"], "one of the arguments --approve --reject is required"),
+            (["task", "create", "--project", "1"], "the following arguments are required: --title, --type"),
+        ],
+    )
+    async def test_usage_errors_exit_1_with_bad_user_input(
+        self, taskctl: Taskctl, args: list[str], complaint: str
+    ) -> None:
+        result = await taskctl(*args)
+        assert result.code == 1
+        assert result.stdout == ""
+        *usage, last = result.stderr.splitlines()
+        assert usage[0].startswith("usage: taskctl")
+        assert last.startswith("BAD_USER_INPUT: taskctl")
+        assert complaint in last
 
 
 class TestAgentLoop:

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..attempts import FileAttempts, default_state_path
 from ..client import TaskServiceClient
@@ -26,7 +26,7 @@ from ..plan import load_plan
 from ..worker import Worker, WorkerOptions
 from .output import emit
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOTHING, EXIT_REFUSED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_NOTHING, EXIT_REFUSED = 0, 1, 3, 4
 # Refusals an agent should react to by moving on (another agent has it, the state changed,
 # the task is not ours any more, we may not), rather than by retrying the same call.
 REFUSED = {
@@ -57,7 +57,9 @@ an agent's loop:
   taskctl work -- ./do-task.sh                      # or let taskctl run a program per task
 
 output: JSON on stdout (--human for tables). exit codes:
-  0 ok   1 error   2 bad usage   3 nothing available (next, available, work --once)
+  0 ok
+  1 error (bad usage too: BAD_USER_INPUT, after the usage text)
+  3 nothing available (next, available, work --once)
   4 refused: CONFLICT, INVALID_TRANSITION, STALE_ATTEMPT, LIMIT_REACHED,
     DEPENDENCIES_NOT_MET, CYCLE_DETECTED, FORBIDDEN, UNAUTHENTICATED
   errors print one line on stderr: CODE: message (NETWORK_ERROR when unreachable)
@@ -66,8 +68,18 @@ output: JSON on stdout (--human for tables). exit codes:
 """
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Usage errors follow the exit-code contract: the usage text, then one line
+    `BAD_USER_INPUT: message` on stderr, and exit 1 (argparse's own is exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        message = " ".join(message.split())
+        self.exit(EXIT_ERROR, f"BAD_USER_INPUT: {self.prog}: {message}\n")
+
+
 def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _ArgumentParser(add_help=False)
     group = common.add_argument_group("connection (flags override the environment)")
     group.add_argument("--url", default=argparse.SUPPRESS, help="service URL (TASK_SERVICE_URL)")
     group.add_argument("--agent", default=argparse.SUPPRESS, help="agent name (AGENT_NAME)")
@@ -87,7 +99,8 @@ def _common() -> argparse.ArgumentParser:
 class _Parsers:
     def __init__(self) -> None:
         self.common = _common()
-        self.root = argparse.ArgumentParser(
+        # Subparsers are made of the root parser's class, so they report usage errors alike.
+        self.root = _ArgumentParser(
             prog="taskctl",
             description=MAIN_HELP,
             formatter_class=argparse.RawDescriptionHelpFormatter,
