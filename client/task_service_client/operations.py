@@ -149,7 +149,3 @@ TASK_EVENTS = (
     "subscription TaskEvents($after: ID, $projectId: ID, $taskId: ID, $agent: String) {"
     " taskEvents(after: $after, projectId: $projectId, taskId: $taskId, agent: $agent) { ...EventFields } }" + EVENT
 )
-TASK_CHANGED = (
-    "subscription TaskChanged($projectId: ID, $status: [TaskStatus!], $assignee: String) {"
-    " taskChanged(projectId: $projectId, status: $status, assignee: $assignee) { ...TaskFields } }" + TASK
-)

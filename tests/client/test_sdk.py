@@ -11,6 +11,7 @@ import pytest
 
 from task_service_client import (
     ConflictError,
+    CycleDetectedError,
     DependenciesNotMetError,
     InvalidTransitionError,
     NotFoundError,
@@ -102,6 +103,40 @@ class TestTypedResults:
         finally:
             await one.close()
             await two.close()
+
+
+class TestPlanning:
+    async def test_update_task_dependencies_delete_and_restore(self, server: Server) -> None:
+        async with TaskServiceClient(server.url, agent=unique("planner"), retry=FAST_RETRY) as client:
+            await client.register()
+            project = await client.create_project(unique("plan"))
+            first = await client.create_task(project.id, "first", "research")
+            second = await client.create_task(project.id, "second", "research")
+
+            updated = await client.update_task(second.id, title="second, renamed", priority=7, tags=["later"])
+            assert (updated.id, updated.title, updated.priority, updated.tags) == (
+                second.id,
+                "second, renamed",
+                7,
+                ["later"],
+            )
+            linked = await client.add_dependency(second.id, first.id)
+            assert (linked.dependencies, linked.blocked_by, linked.ready) == ([first.id], [first.id], False)
+            with pytest.raises(CycleDetectedError):
+                await client.add_dependency(first.id, second.id)
+            unlinked = await client.remove_dependency(second.id, first.id)
+            assert (unlinked.dependencies, unlinked.blocked_by, unlinked.ready) == ([], [], True)
+
+            assert await client.delete_task(second.id) is True
+            assert [t.id for t in await client.available_tasks(project_id=project.id)] == [first.id]
+            restored = await client.restore_task(second.id)
+            assert (restored.id, restored.status, restored.title) == (second.id, "PENDING", "second, renamed")
+            assert {t.id for t in await client.available_tasks(project_id=project.id)} == {first.id, second.id}
+
+            assert await client.delete_task(second.id, hard=True) is True
+            assert await client.task(second.id) is None
+            with pytest.raises(NotFoundError):
+                await client.restore_task(second.id)
 
 
 class TestFencing:
