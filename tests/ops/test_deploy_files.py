@@ -161,6 +161,21 @@ class TestKubernetes:
         assert container["resources"]["requests"]["memory"]
         assert container["resources"]["limits"]["memory"]
 
+    def test_scrape_annotations_point_at_metrics_and_the_credential_is_documented(self) -> None:
+        pod = k8s()["Deployment"]["spec"]["template"]
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/path"] == "/metrics"
+        ports = {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+        assert int(annotations["prometheus.io/port"]) in ports
+        # Annotations carry no credential and the Secret sets API_KEY: the scrape job must.
+        readme = (REPO / "README.md").read_text()
+        metrics = readme[readme.index("### Metrics") : readme.index("### Logs")]
+        config = yaml.safe_load(re.search(r"```yaml\n(.*?)```", metrics, flags=re.DOTALL).group(1))  # type: ignore[union-attr]
+        (job,) = config["scrape_configs"]
+        assert job["metrics_path"] == "/metrics"
+        assert job["authorization"]["type"] == "Bearer"
+        assert job["authorization"]["credentials_file"]
+
     def test_secret_service_and_deployment_fit_together(self) -> None:
         docs = k8s()
         pod = docs["Deployment"]["spec"]["template"]

@@ -132,9 +132,15 @@ class TestCredential:
             httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as http,
         ):
             refused = await http.get("/metrics")
+            wrong = await http.get("/metrics", headers={"Authorization": "Bearer not-the-key-0123456789"})
             allowed = await http.get("/metrics", headers={"X-API-Key": key})
+            # What Prometheus sends with `authorization: {credentials_file: ...}` (README "Metrics").
+            bearer = await http.get("/metrics", headers={"Authorization": f"Bearer {key}"})
 
         assert refused.status_code == 401
         assert "task_service" not in refused.text
-        assert allowed.status_code == 200
-        assert "task_service_graphql_requests_total" in allowed.text
+        assert wrong.status_code == 401
+        assert "task_service" not in wrong.text
+        for response in (allowed, bearer):
+            assert response.status_code == 200
+            assert "task_service_graphql_requests_total" in response.text
