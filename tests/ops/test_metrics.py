@@ -153,7 +153,7 @@ class TestValuesThatMoveRarely:
     ) -> None:
         """Requests blocked on a table lock hold their pooled connections: a scrape taken
         meanwhile sees them checked out, and one taken after they finish does not."""
-        held = 3
+        held = 5  # well above what the reaper and the sequencer hold between requests
         checked_out = "task_service_db_pool_checked_out"
         async with graphql_client(server.url) as gql:
             idle = sample(await scrape(server.url), checked_out)
