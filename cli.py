@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .settings import Settings, SettingsError, load_settings
+from .settings import LogFormat, Settings, SettingsError, load_settings
+
+log = logging.getLogger("task_service.cli")
 
 
 class CommandError(Exception):
@@ -102,6 +105,17 @@ def _settings() -> Settings:
     return settings
 
 
+def _say(settings: Settings, message: str) -> None:
+    """What a command reports to the operator (serve's banner, migrate's result): a line on
+    stdout for people; with LOG_FORMAT=json an INFO record of `task_service.cli`, so that a
+    log collector reads one JSON object per line from the process. (seed's agent tokens are
+    printed, never logged.)"""
+    if settings.log_format is LogFormat.JSON:
+        log.info(message)
+    else:
+        print(message, flush=True)
+
+
 def serve_command(args: argparse.Namespace) -> int:
     # Worker processes (and the reloader) build their own Settings from the environment
     # through create_app_from_env, so the flags go into the environment, not just into ours.
@@ -126,11 +140,11 @@ def serve_command(args: argparse.Namespace) -> int:
 
     graphiql = f"{_url(_browsable(settings.host), settings.port)}/graphql"
     auth = "API key required" if settings.auth_enabled else "open: API_KEY not set"
-    print(
+    _say(
+        settings,
         f"task-service {__version__} listening on {_url(settings.host, settings.port)} "
         f"(database {_masked(settings.database_url)}; "
         f"GraphiQL {graphiql if settings.graphiql else 'off'}; authentication {auth})",
-        flush=True,
     )
     uvicorn.run(
         "task_service.app:create_app_from_env",
@@ -153,8 +167,8 @@ def serve_command(args: argparse.Namespace) -> int:
 def migrate_command(args: argparse.Namespace) -> int:
     settings = _settings()
     for line in _migrate(settings, revision=args.revision, convert_v1=True):
-        print(line)
-    print(f"migrated {_masked(settings.database_url)} to {args.revision}")
+        _say(settings, line)
+    _say(settings, f"migrated {_masked(settings.database_url)} to {args.revision}")
     return 0
 
 

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,112 @@ class TestDockerfile:
         assert "requirements.lock" not in (REPO / ".dockerignore").read_text()
 
 
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    """.dockerignore as Docker reads it: (is an exception `!`, regex of the cleaned pattern)."""
+    patterns = []
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = line.removeprefix("!").strip().strip("/")
+        patterns.append((exception, re.compile(_docker_glob(pattern))))
+    return patterns
+
+
+def _docker_glob(pattern: str) -> str:
+    """Docker's matcher (moby/patternmatcher): `**` any number of directories, `*` and `?`
+    within one path element, matched against the whole path from the context's root (so
+    `*.db` is only the root's, unlike .gitignore)."""
+    out, i = "^", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return out + "$"
+
+
+def build_context() -> set[str]:
+    """The repository's files that `docker build .` sends: a path is left out when the last
+    pattern matching it or one of its parent directories is not an exception."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    patterns = dockerignore_patterns()
+    sent = set()
+    for path in files:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        excluded = False
+        for exception, regex in patterns:
+            if any(regex.match(prefix) for prefix in prefixes):
+                excluded = not exception
+        if not excluded:
+            sent.add(path)
+    return sent
+
+
+class TestBuildContext:
+    """What the Dockerfile's `pip install .` reads must survive .dockerignore (there is no
+    Docker engine here to find out at build time)."""
+
+    def test_the_matcher_reads_docker_patterns(self) -> None:
+        assert re.match(_docker_glob("*.db"), "task-service.db")
+        assert not re.match(_docker_glob("*.db"), "data/task-service.db")
+        assert re.match(_docker_glob("**/*.pyc"), "a/b/c.pyc")
+        assert re.match(_docker_glob("**/*.pyc"), "c.pyc")
+
+    def test_everything_pip_install_needs_is_sent(self) -> None:
+        context = build_context()
+        project = tomllib.loads((REPO / "pyproject.toml").read_text())
+        setuptools = project["tool"]["setuptools"]
+        # COPY requirements.lock (hash-checked install), then `pip install .` reads these.
+        for needed in ("requirements.lock", "pyproject.toml", project["project"]["readme"]):
+            assert needed in context, needed
+        copied = re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+        assert copied == ["requirements.lock", "."], copied
+        for sources in copied:
+            for source in sources.split():
+                assert source == "." or source in context, f"Dockerfile copies {source}, which is ignored"
+        # Every package's modules, under its directory (package-dir maps the names).
+        package_dir = setuptools["package-dir"]
+        for package in setuptools["packages"]:
+            top, _, rest = package.partition(".")
+            directory = "/".join(part for part in [package_dir[top].strip("./"), *rest.split(".")] if part)
+            modules = {f for f in subprocess_ls(directory) if f.endswith(".py")}
+            assert modules, f"{package}: no modules under {directory or '.'}"
+            assert modules <= context, f"{package}: .dockerignore drops {sorted(modules - context)[:5]}"
+        # Package data: the migrations' template and config, the SDL, the dashboard.
+        for pattern in setuptools["package-data"]["task_service"]:
+            regex = re.compile(_docker_glob(pattern.replace("/**/*", "/**")))
+            matched = {f for f in subprocess_ls("", recursive=True) if regex.match(f)}
+            assert matched, pattern
+            assert matched <= context, f"{pattern}: .dockerignore drops {sorted(matched - context)[:5]}"
+        for needed in ("alembic/versions/0001_initial.py", "schema.graphql", "web/index.html", "alembic.ini"):
+            assert needed in context, needed
+
+    def test_what_the_image_does_not_need_stays_out(self) -> None:
+        context = build_context()
+        for left_out in ("tests/conftest.py", "bench/run_all.py", "deploy/backup.sh", "docker-compose.yml"):
+            assert left_out not in context, left_out
+        assert not any(path.startswith((".git/", ".typecheck/")) for path in context)
+
+
+def subprocess_ls(directory: str, *, recursive: bool = False) -> set[str]:
+    """Tracked files directly in `directory` ('' for the root), or under it when recursive."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    prefix = f"{directory}/" if directory else ""
+    return {f for f in files if f.startswith(prefix) and (recursive or "/" not in f[len(prefix) :])}
+
+
 class TestKubernetes:
     def test_replicas_probes_resources_and_migrations_first(self) -> None:
         docs = k8s()
@@ -153,13 +260,33 @@ class TestKubernetes:
         assert container["command"] == ["task-service", "serve"]
         for probe in ("readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"]["path"] == "/health", probe
-        # Liveness gives a database outage time: only readiness reacts at once.
+        # Liveness gives a database outage time: only readiness reacts at once. /health
+        # fails in every pod during an outage, and restarts cannot cure it (README, "Kubernetes
+        # with replicas"): a brief outage (a PostgreSQL restart or failover) must not restart pods.
         liveness, readiness = container["livenessProbe"], container["readinessProbe"]
-        assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+        brief_outage = 60
+        assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 2 * brief_outage
+        assert liveness["timeoutSeconds"] < liveness["periodSeconds"]
         assert readiness["periodSeconds"] * readiness["failureThreshold"] <= 15
+        assert "failureThreshold x periodSeconds" in (K8S / "deployment.yaml").read_text()
         assert container["resources"]["requests"]["cpu"]
         assert container["resources"]["requests"]["memory"]
         assert container["resources"]["limits"]["memory"]
+
+    def test_scrape_annotations_point_at_metrics_and_the_credential_is_documented(self) -> None:
+        pod = k8s()["Deployment"]["spec"]["template"]
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/path"] == "/metrics"
+        ports = {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+        assert int(annotations["prometheus.io/port"]) in ports
+        # Annotations carry no credential and the Secret sets API_KEY: the scrape job must.
+        readme = (REPO / "README.md").read_text()
+        metrics = readme[readme.index("### Metrics") : readme.index("### Logs")]
+        config = yaml.safe_load(re.search(r"```yaml\n(.*?)```", metrics, flags=re.DOTALL).group(1))  # type: ignore[union-attr]
+        (job,) = config["scrape_configs"]
+        assert job["metrics_path"] == "/metrics"
+        assert job["authorization"]["type"] == "Bearer"
+        assert job["authorization"]["credentials_file"]
 
     def test_secret_service_and_deployment_fit_together(self) -> None:
         docs = k8s()

@@ -4,15 +4,17 @@ people; LOG_LEVEL applies to the service's loggers and uvicorn's alike."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, fresh_pg_database, running_server
-from tests.ops.helpers import wait_for
+from tests.e2e.conftest import Server, free_port, fresh_pg_database, running_server
+from tests.ops.helpers import clean_env, empty_pg_database, health, run_cli, script, wait_for
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(180)]
 
@@ -113,3 +115,61 @@ class TestCallers:
             text = "\n".join(log_lines(server))
             assert key not in text
             assert token not in text
+
+
+def json_records(text: str) -> list[dict[str, Any]]:
+    """Every line of `text` as a JSON object (fails on a line that is not one)."""
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"not a JSON line: {line!r} in:\n{text}", pytrace=False)
+    return records
+
+
+class TestCommandLines:
+    async def test_migrate_and_serve_write_json_lines(self, tmp_path: Path) -> None:
+        """With LOG_FORMAT=json the console script's own output (migrate's result, serve's
+        banner) is a log record like the rest, not a bare line among JSON objects."""
+        async with empty_pg_database() as url:
+            migrated = run_cli("migrate", cwd=tmp_path, DATABASE_URL=url, LOG_FORMAT="json")
+
+            assert migrated.returncode == 0, migrated.stderr
+            assert migrated.stdout == ""
+            records = json_records(migrated.stderr)
+            result = [r for r in records if r["logger"] == "task_service.cli"]
+            assert [r["message"] for r in result] == [f"migrated {url} to head"]
+            assert result[0]["level"] == "INFO"
+
+            port = free_port()
+            output = tmp_path / "serve.log"
+            with output.open("wb") as sink:
+                server = await asyncio.create_subprocess_exec(
+                    script(),
+                    "serve",
+                    "--port",
+                    str(port),
+                    cwd=tmp_path,
+                    env=clean_env(DATABASE_URL=url, LOG_FORMAT="json"),
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                )
+                try:
+
+                    async def healthy() -> bool:
+                        try:
+                            return (await health(f"http://127.0.0.1:{port}"))[0] == 200
+                        except httpx.TransportError:
+                            return False
+
+                    await wait_for(healthy, what="serve's /health 200")
+                finally:
+                    server.terminate()
+                    await server.wait()
+            records = json_records(output.read_text())
+            banners = [r["message"] for r in records if r["logger"] == "task_service.cli"]
+            assert len(banners) == 1, records
+            assert banners[0].startswith("task-service ")
+            assert f"listening on http://127.0.0.1:{port}" in banners[0]
+            assert "uvicorn.error" in {r["logger"] for r in records}

@@ -13,7 +13,17 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import free_port
-from tests.ops.helpers import clean_env, empty_pg_database, health, libpq, one_line, run_cli, script, wait_for
+from tests.ops.helpers import (
+    clean_env,
+    empty_pg_database,
+    health,
+    libpq,
+    one_line,
+    run_cli,
+    script,
+    start_answering_server,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(180)]
 
@@ -28,6 +38,45 @@ class TestUnreachableDatabase:
         assert result.returncode == 1
         line = one_line(result.stderr)
         assert line.startswith("task-service: cannot reach the database postgresql+asyncpg://postgres@127.0.0.1:1/")
+
+    def test_auto_migrate_one_line_and_exit_1(self, tmp_path: Path) -> None:
+        """With AUTO_MIGRATE, `serve` migrates first: the unreachable database is still one line."""
+        result = run_cli("serve", cwd=tmp_path, DATABASE_URL=UNREACHABLE, AUTO_MIGRATE="true")
+
+        assert result.returncode == 1
+        line = one_line(result.stderr)
+        assert line.startswith("task-service: cannot reach the database postgresql+asyncpg://postgres@127.0.0.1:1/")
+
+
+class TestOlderRevision:
+    async def test_serve_refuses_and_health_says_not_migrated(self, tmp_path: Path) -> None:
+        """A database one release behind (what an upgrade finds before `migrate`)."""
+        async with empty_pg_database() as url:
+            migrated = run_cli("migrate", "--revision", "0001", cwd=tmp_path, DATABASE_URL=url)
+            assert migrated.returncode == 0, migrated.stderr
+            conn = await asyncpg.connect(libpq(url))
+            try:
+                assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0001"
+            finally:
+                await conn.close()
+
+            # A refusal takes seconds; a server that starts anyway would run until the timeout.
+            result = run_cli("serve", "--port", str(free_port()), cwd=tmp_path, timeout=30, DATABASE_URL=url)
+
+            assert result.returncode == 1
+            line = one_line(result.stderr)
+            assert "0001" in line
+            assert line.endswith("run `task-service migrate`")
+
+            server = await start_answering_server(url, tmp_path)
+            try:
+                code, body = await health(server.url)
+                assert code == 503
+                assert body["database"] == "not migrated"
+                assert "at 0001, needs " in body["reason"]
+                assert "`task-service migrate`" in body["reason"]
+            finally:
+                await server.stop()
 
 
 class TestNotMigrated:
