@@ -687,6 +687,7 @@ class TestPresence:
             try:
                 await open_dashboard(page, server)
                 await record_agent_statuses(page)
+                await record_heartbeat_ages(page, "steady")
                 await register(gql, "fading", ["research"])
                 await step(gql, CLAIM, id=task["id"], a="fading")
                 silent_since = time.monotonic()
@@ -709,6 +710,20 @@ class TestPresence:
                 alive.discard("idle")
                 await agent_goes_offline(page, "idle")
                 assert await page.get_attribute("#agents .agent[data-name=steady]", "data-status") == "ONLINE"
+
+                # "steady" only heartbeats, which no event reports: past the timeout the page
+                # shows the server's bound instead of a count that keeps growing. Nothing re-reads
+                # the agents from here on, so its age as the page counts it passes 3 s.
+                await until(
+                    page,
+                    "() => window.heartbeatAges.some(age => age.startsWith('<') || parseInt(age) > 3)",
+                    what="steady's age past the timeout",
+                )
+                ages = await page.evaluate("window.heartbeatAges")
+                counted = [int(age[:-1]) for age in ages if re.fullmatch(r"\d+s", age)]
+                assert all(age <= 3 for age in counted), f"steady shown older than the 3 s timeout: {ages}"
+                assert "< 3 s" in ages, ages
+                assert len(counted) + ages.count("< 3 s") == len(ages), ages
                 watch.assert_clean()
             finally:
                 heartbeats.cancel()
@@ -739,6 +754,19 @@ async def record_agent_statuses(page: Page) -> None:
           })).observe(document.getElementById('agents'),
                       { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
         }"""
+    )
+
+
+async def record_heartbeat_ages(page: Page, name: str) -> None:
+    """From now on, window.heartbeatAges lists every text the agent's "♥" age shows, in order."""
+    await page.evaluate(
+        """name => {
+          const el = document.querySelector(`#agents .agent[data-name=${name}] .heartbeat-age`);
+          window.heartbeatAges = [el.textContent];
+          new MutationObserver(() => window.heartbeatAges.push(el.textContent))
+            .observe(el, { subtree: true, childList: true, characterData: true });
+        }""",
+        name,
     )
 
 

@@ -112,8 +112,9 @@ async function load() {
   live.stop();
   showConnection("connecting");
   try {
-    const [head, version] = await Promise.all([api.request(HEAD, { first: FEED_START }), api.version()]);
-    setText($("version"), version ? `v${version}` : "");
+    const [head, info] = await Promise.all([api.request(HEAD, { first: FEED_START }), api.info()]);
+    setText($("version"), info.version ? `v${info.version}` : "");
+    agents.setHeartbeatTimeout(info.heartbeatTimeoutSeconds);
     const [projectData, agentData, tasks] = await Promise.all([api.request(PROJECTS), api.request(AGENTS), loadTasks()]);
     projects.setProjects(projectData.projects);
     agents.setAgents(agentData.agents);
