@@ -741,6 +741,17 @@ async def agent_goes_offline(page: Page, name: str) -> None:
     )
 
 
+async def agent_gone(page: Page, name: str) -> None:
+    """A hard-unregistered agent's row leaves the panel (no event says so: the page re-reads
+    the agents when it comes back)."""
+    await until(
+        page,
+        "name => !document.querySelector(`#agents .agent[data-name=${name}]`)",
+        name,
+        what=f"{name} gone from the agents panel",
+    )
+
+
 async def record_agent_statuses(page: Page) -> None:
     """From now on, window.agentStatuses lists every [agent, status] the panel shows, in order."""
     await page.evaluate(
@@ -782,8 +793,10 @@ class TestReconnect:
                     project = await create_project(gql, "Restarts")
                     kept = await create_task(gql, project, "Survives the restart")
                     doomed = await create_task(gql, project, "Cancelled while away")
+                    await register(gql, "leaver", ["design"])
                 await open_dashboard(page, first)
                 await card_in(page, doomed["id"], "PENDING")
+                await until(page, "() => document.querySelector('#agents .agent[data-name=leaver]')", what="leaver")
                 await page.evaluate(
                     """() => {
                       window.sameDocument = true;
@@ -802,6 +815,7 @@ class TestReconnect:
                 await step(gql, CANCEL, id=doomed["id"])
                 added = await create_task(gql, project, "Created while away")
                 await register(gql, "newcomer", ["research"])
+                await gql.execute('mutation { unregisterAgent(name: "leaver", hard: true) }')
 
             second = await start_server(url, tmp_path, port=port)
             try:
@@ -811,6 +825,7 @@ class TestReconnect:
                 await card_in(page, added["id"], "PENDING")
                 await card_in(page, kept["id"], "PENDING")
                 await until(page, "() => document.querySelector('#agents .agent[data-name=newcomer]')", what="newcomer")
+                await agent_gone(page, "leaver")
                 assert await page.evaluate("window.sameDocument") is True, "the page reloaded"
                 states = await page.evaluate("window.connectionStates")
                 assert states[0] in ("reconnecting", "offline"), states
@@ -835,15 +850,19 @@ class TestReconnect:
             project = await create_project(gql, "Network drop")
             before = await create_task(gql, project, "Seen before the drop")
             await card_in(page, before["id"], "PENDING")
+            await register(gql, "dropout", ["testing"])
+            await until(page, "() => document.querySelector('#agents .agent[data-name=dropout]')", what="dropout")
             await page.context.set_offline(True)
             await connection_is(page, "reconnecting", "offline")
             await step(gql, CANCEL, id=before["id"])
             during = await create_task(gql, project, "Created during the drop")
+            await gql.execute('mutation { unregisterAgent(name: "dropout", hard: true) }')
             await page.context.set_offline(False)
             back = await connection_is(page, "live")
             record("live_again_after_network_returns_seconds", round(back, 3))
             await card_in(page, before["id"], "CANCELLED")
             await card_in(page, during["id"], "PENDING")
+            await agent_gone(page, "dropout")
             await counts_match(page, gql)
             watch.assert_clean(allow=("net::ERR_",))
 

@@ -48,7 +48,12 @@ const live = new Live(api, {
   presence: onPresence,
   stats: showStats,
   state: showConnection,
-  resync: () => refreshProjects(),
+  // Back after a loss: projects and agents may have changed unseen (an agent registered or
+  // hard-unregistered meanwhile writes no task event).
+  resync: () => {
+    refreshProjects();
+    refreshAgents();
+  },
   authFailure: askKey,
 });
 const newProject = projectDialog(api, {
@@ -223,6 +228,7 @@ const refreshProjects = debounce(async () => {
 const refreshAgents = debounce(async () => {
   try {
     agents.setAgents((await api.request(AGENTS)).agents);
+    refreshFilterOptions();
   } catch (error) {
     if (error instanceof AuthError) askKey(error);
   }
