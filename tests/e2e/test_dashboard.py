@@ -741,6 +741,44 @@ async def agent_goes_offline(page: Page, name: str) -> None:
     )
 
 
+async def newest_event_id(gql: GraphQLClient) -> int:
+    data = await gql.execute("{ dashboardStats { recentEvents(first: 1) { id } } }")
+    return int(data["dashboardStats"]["recentEvents"][0]["id"])
+
+
+def record_task_event_subscriptions(page: Page) -> list[str | None]:
+    """From now on, the `after` of every taskEvents subscription the page sends over any of
+    its WebSockets, in order (graphql-transport-ws `subscribe` frames)."""
+    sent: list[str | None] = []
+
+    def on_frame(payload: str | bytes) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or message.get("type") != "subscribe":
+            return
+        if "taskEvents" in message["payload"]["query"]:
+            sent.append((message["payload"].get("variables") or {}).get("after"))
+
+    page.on("websocket", lambda socket: socket.on("framesent", on_frame))
+    return sent
+
+
+async def record_connection_states(page: Page) -> None:
+    """From now on, window.connectionStates lists every state the header's connection
+    indicator takes, in order (each attribute change, even several within one task)."""
+    await page.evaluate(
+        """() => {
+          window.connectionStates = [];
+          const el = document.getElementById('connection');
+          new MutationObserver(records => records.forEach((record, i) => window.connectionStates.push(
+              i + 1 < records.length ? records[i + 1].oldValue : el.dataset.state)))
+            .observe(el, { attributes: true, attributeFilter: ['data-state'], attributeOldValue: true });
+        }"""
+    )
+
+
 async def agent_gone(page: Page, name: str) -> None:
     """A hard-unregistered agent's row leaves the panel (no event says so: the page re-reads
     the agents when it comes back)."""
@@ -794,21 +832,20 @@ class TestReconnect:
                     kept = await create_task(gql, project, "Survives the restart")
                     doomed = await create_task(gql, project, "Cancelled while away")
                     await register(gql, "leaver", ["design"])
+                    newest = await newest_event_id(gql)
+                subscriptions = record_task_event_subscriptions(page)
                 await open_dashboard(page, first)
                 await card_in(page, doomed["id"], "PENDING")
                 await until(page, "() => document.querySelector('#agents .agent[data-name=leaver]')", what="leaver")
-                await page.evaluate(
-                    """() => {
-                      window.sameDocument = true;
-                      window.connectionStates = [];
-                      const el = document.getElementById('connection');
-                      new MutationObserver(() => window.connectionStates.push(el.dataset.state))
-                        .observe(el, { attributes: true, attributeFilter: ['data-state'] });
-                    }"""
-                )
+                await page.evaluate("window.sameDocument = true")
+                await record_connection_states(page)
+                # Every event so far came with the snapshot, which the subscription starts after.
+                assert subscriptions == [str(newest)]
+                assert await page.evaluate("window.dashboardMetrics.lastEventId") in (0, newest)
             finally:
                 await first.stop()
             await connection_is(page, "reconnecting", "offline")
+            sent_before_the_drop = len(subscriptions)
 
             # Changes the page cannot see: made through another server on another port.
             async with running_server(url, tmp_path) as other, graphql_client(other.url) as gql:
@@ -829,7 +866,13 @@ class TestReconnect:
                 assert await page.evaluate("window.sameDocument") is True, "the page reloaded"
                 states = await page.evaluate("window.connectionStates")
                 assert states[0] in ("reconnecting", "offline"), states
+                assert "catching-up" in states, states
                 assert states[-1] == "live", states
+                # It came back from the last event it had seen: each taskEvents subscription
+                # sent since the drop (one per attempt that got through) asked for what follows it.
+                resent = subscriptions[sent_before_the_drop:]
+                assert resent, "no taskEvents subscription after the restart"
+                assert set(resent) == {str(newest)}, resent
                 feed = await page.locator("#feed .event").evaluate_all(
                     "items => items.map(item => [item.dataset.type, item.querySelector('[data-task]').dataset.task])"
                 )
@@ -846,12 +889,19 @@ class TestReconnect:
         self, browser: Browser, team: Team
     ) -> None:
         async with watched_page(browser) as (page, watch), graphql_client(team.server.url) as gql:
+            subscriptions = record_task_event_subscriptions(page)
             await open_dashboard(page, team.server)
             project = await create_project(gql, "Network drop")
             before = await create_task(gql, project, "Seen before the drop")
             await card_in(page, before["id"], "PENDING")
             await register(gql, "dropout", ["testing"])
             await until(page, "() => document.querySelector('#agents .agent[data-name=dropout]')", what="dropout")
+            newest = await newest_event_id(gql)
+            await until(page, "id => window.dashboardMetrics.lastEventId === id", newest, what="the newest event")
+            await record_connection_states(page)
+            sent_before_the_drop = len(subscriptions)
+            assert sent_before_the_drop == 1, subscriptions
+            assert int(subscriptions[0] or 0) < newest, subscriptions  # the page saw events live
             await page.context.set_offline(True)
             await connection_is(page, "reconnecting", "offline")
             await step(gql, CANCEL, id=before["id"])
@@ -864,6 +914,13 @@ class TestReconnect:
             await card_in(page, during["id"], "PENDING")
             await agent_gone(page, "dropout")
             await counts_match(page, gql)
+            states = await page.evaluate("window.connectionStates")
+            assert states[0] in ("reconnecting", "offline"), states
+            assert "catching-up" in states, states
+            assert states[-1] == "live", states
+            resent = subscriptions[sent_before_the_drop:]
+            assert resent, "no taskEvents subscription after the network came back"
+            assert set(resent) == {str(newest)}, f"resubscribed after {resent}, the page had seen {newest}"
             watch.assert_clean(allow=("net::ERR_",))
 
 
