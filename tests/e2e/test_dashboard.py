@@ -443,6 +443,53 @@ class TestDashboardLoads:
             )
             watch.assert_clean()
 
+    async def test_the_layout_fits_a_1280_by_800_laptop_screen(self, browser: Browser, team: Team) -> None:
+        async with watched_page(browser, width=1280, height=800) as (page, watch):
+            await open_dashboard(page, team.server)
+            await until(page, "() => document.querySelectorAll('#board .card').length >= 1000", what="1,000 cards")
+            await until(page, "() => document.querySelectorAll('#agents .agent').length >= 50", what="50 agents")
+            layout = await page.evaluate(
+                """() => {
+                  const box = el => { const r = el.getBoundingClientRect(); return [r.left, r.right]; };
+                  const board = document.getElementById('board');
+                  const topbar = document.querySelector('.topbar');
+                  const [topLeft, topRight] = box(topbar);
+                  return {
+                    innerWidth: window.innerWidth,
+                    pageScrollWidth: document.documentElement.scrollWidth,
+                    bodyScrollWidth: document.body.scrollWidth,
+                    board: box(board),
+                    boardScroll: [board.scrollWidth, board.clientWidth],
+                    columns: [...board.querySelectorAll('.column')].map(c => [c.dataset.status, ...box(c)]),
+                    topbar: [topLeft, topRight, topbar.scrollWidth, topbar.clientWidth],
+                    outsideTopbar: [...topbar.querySelectorAll('*')]
+                      .filter(el => el.getClientRects().length)
+                      .filter(el => { const [l, r] = box(el); return l < topLeft - 0.5 || r > topRight + 0.5; })
+                      .map(el => el.id || el.className || el.tagName),
+                  };
+                }"""
+            )
+            width = layout["innerWidth"]
+            assert width == 1280
+            assert layout["pageScrollWidth"] <= width, layout
+            assert layout["bodyScrollWidth"] <= width, layout
+            # Every status column is inside the board's box: none hidden behind a side scroll.
+            assert [status for status, *_ in layout["columns"]] == STATUSES
+            left, right = layout["board"]
+            assert 0 <= left < right <= width, layout
+            outside = [c for c in layout["columns"] if c[1] < left - 0.5 or c[2] > right + 0.5]
+            assert not outside, f"columns outside the board {layout['board']}: {outside}"
+            scroll_width, client_width = layout["boardScroll"]
+            assert scroll_width <= client_width, layout
+            # The header wraps rather than overflows.
+            top_left, top_right, top_scroll, top_client = layout["topbar"]
+            assert top_left >= 0, layout
+            assert top_right <= width, layout
+            assert top_scroll <= top_client, layout
+            assert not layout["outsideTopbar"], layout
+            await screenshot(page, "dashboard-1280x800")
+            watch.assert_clean()
+
     async def test_a_burst_of_200_changes_patches_the_board(self, browser: Browser, team: Team) -> None:
         async with watched_page(browser) as (page, watch), graphql_client(team.server.url) as gql:
             await open_dashboard(page, team.server)
