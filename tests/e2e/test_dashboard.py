@@ -494,8 +494,22 @@ class TestDashboardLoads:
         async with watched_page(browser) as (page, watch), graphql_client(team.server.url) as gql:
             await open_dashboard(page, team.server)
             cancelled_before = (await column_counts(page))["CANCELLED"]
-            before = await page.evaluate("({...window.dashboardMetrics})")
             targets = team.pending[:200]
+            # Mark three elements (an attribute and a JS property, neither of which the page
+            # sets): a card the burst leaves alone, a card it moves, an agent's row. Patched in
+            # place, they are the very same nodes afterwards; a re-render would make new ones.
+            untouched = await page.evaluate(
+                """moved => {
+                  const untouched = document.querySelector('#board .column[data-status=COMPLETED] .card');
+                  const probes = [untouched,
+                                  document.querySelector(`#board .card[data-id="${moved}"]`),
+                                  document.querySelector('#agents .agent[data-name=agent-00]')];
+                  probes.forEach((el, i) => { el.dataset.probe = String(i); el.probeNode = i; });
+                  return untouched.dataset.id;
+                }""",
+                targets[0],
+            )
+            before = await page.evaluate("({...window.dashboardMetrics})")
             started = time.monotonic()
             queue: asyncio.Queue[str] = asyncio.Queue()
             for task_id in targets:
@@ -532,6 +546,19 @@ class TestDashboardLoads:
                     "page_apply_ms": round(after["applyMs"] - before["applyMs"], 1),
                 },
             )
+            # Events are applied in batches, one per animation frame, not one render each.
+            events, frames = after["events"] - before["events"], after["flushes"] - before["flushes"]
+            assert events >= 200, after
+            assert frames < events, f"{frames} frames for {events} events"
+            same = await page.evaluate(
+                """([untouched, moved]) => [
+                    document.querySelector(`#board .card[data-id="${untouched}"]`),
+                    document.querySelector(`#board .column[data-status=CANCELLED] .card[data-id="${moved}"]`),
+                    document.querySelector('#agents .agent[data-name=agent-00]'),
+                  ].map((el, i) => el?.dataset.probe === String(i) && el.probeNode === i)""",
+                [untouched, targets[0]],
+            )
+            assert same == [True, True, True], f"new nodes for (untouched card, moved card, agent row): {same}"
             await counts_match(page, gql)
             watch.assert_clean()
 
