@@ -701,6 +701,31 @@ class TestLiveBoard:
             await drive_to_review(gql, task["id"], "agent-42")
             await card_in(page, task["id"], "REVIEWING")
             await open_card(page, task["id"])
+            # The drawer shows what the API holds: result, summary, the earlier rejection's
+            # feedback, and the whole history.
+            api = await gql.execute(
+                "query($id: ID!) { task(id: $id) { result summary feedback } events(taskId: $id, first: 500) { id } }",
+                id=task["id"],
+            )
+            history = len(api["events"])
+            assert api["task"]["result"] == {"ok": True}
+            assert api["task"]["summary"] == "done"
+            assert api["task"]["feedback"] == "Add the numbers"
+            await until(
+                page,
+                "n => document.querySelectorAll('#drawer-body .history > li').length === n",
+                history,
+                what=f"{history} events in the drawer's history",
+            )
+            drawer = await page.evaluate(
+                """() => Object.fromEntries([...document.querySelectorAll('#drawer-body section.block')].map(
+                     section => [section.querySelector('h3').textContent,
+                                 section.querySelector('pre, p')?.textContent ?? null]))"""
+            )
+            assert json.loads(drawer.get("Result") or "null") == api["task"]["result"], drawer
+            assert drawer.get("Summary") == api["task"]["summary"], drawer
+            assert drawer.get("Reviewer feedback") == api["task"]["feedback"], drawer
+            assert f"History ({history} events)" in drawer, drawer
             await page.click('#drawer [data-action="approve"]')
             await until_api_task(gql, task["id"], lambda t: t["status"] == "COMPLETED")
             await card_in(page, task["id"], "COMPLETED")
