@@ -394,7 +394,19 @@ class TestDashboardLoads:
             blocked = await page.locator("#board .card.is-blocked").count()
             assert blocked == stats["tasks"]["pending"] - stats["tasks"]["ready"] > 0
 
-            agents = (await gql.execute("{ agents { name status currentTasks { id } } }"))["agents"]
+            # The version in the header is the service's own (GET /).
+            version = (await gql.http.get("/", headers={"Accept": "application/json"})).json()["version"]
+            assert await page.text_content("#version") == f"v{version}"
+
+            agents = (await gql.execute("{ agents { name status role skills currentTasks { id } } }"))["agents"]
+            profiles = await page.evaluate(
+                """() => Object.fromEntries([...document.querySelectorAll('#agents .agent')].map(el => [
+                     el.dataset.name,
+                     [el.querySelector('.role').textContent,
+                      [...el.querySelectorAll('.skills .skill')].map(s => s.textContent)]]))"""
+            )
+            assert profiles["agent-02"] == ["design agent", ["design"]]
+            assert profiles == {agent["name"]: [agent["role"] or "", agent["skills"]] for agent in agents}
             shown = await page.evaluate(
                 """() => Object.fromEntries([...document.querySelectorAll('#agents .agent')].map(el => [
                      el.dataset.name,
