@@ -73,7 +73,16 @@ def create_app(settings: Settings) -> Starlette:
     async def root(request: Request) -> Response:
         if "text/html" in request.headers.get("accept", ""):
             return RedirectResponse("/dashboard/", status_code=307)
-        return JSONResponse({"status": "ok", "service": "task-service", "version": __version__})
+        # heartbeatTimeoutSeconds: an ONLINE or BUSY agent heartbeated at most this long ago
+        # (the dashboard shows "< N s" once its own count of an agent's silence passes it).
+        return JSONResponse(
+            {
+                "status": "ok",
+                "service": "task-service",
+                "version": __version__,
+                "heartbeatTimeoutSeconds": settings.heartbeat_timeout_seconds,
+            }
+        )
 
     async def health(request: Request) -> Response:
         services: Services = request.app.state.services

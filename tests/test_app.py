@@ -29,6 +29,7 @@ class TestRoot:
         assert body["status"] == "ok"
         assert body["service"] == "task-service"
         assert body["version"]
+        assert body["heartbeatTimeoutSeconds"] == 90
 
     def test_browsers_are_redirected_to_the_dashboard(self, client: TestClient) -> None:
         response = client.get("/", headers={"Accept": "text/html,*/*"}, follow_redirects=False)

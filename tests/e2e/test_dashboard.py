@@ -394,7 +394,19 @@ class TestDashboardLoads:
             blocked = await page.locator("#board .card.is-blocked").count()
             assert blocked == stats["tasks"]["pending"] - stats["tasks"]["ready"] > 0
 
-            agents = (await gql.execute("{ agents { name status currentTasks { id } } }"))["agents"]
+            # The version in the header is the service's own (GET /).
+            version = (await gql.http.get("/", headers={"Accept": "application/json"})).json()["version"]
+            assert await page.text_content("#version") == f"v{version}"
+
+            agents = (await gql.execute("{ agents { name status role skills currentTasks { id } } }"))["agents"]
+            profiles = await page.evaluate(
+                """() => Object.fromEntries([...document.querySelectorAll('#agents .agent')].map(el => [
+                     el.dataset.name,
+                     [el.querySelector('.role').textContent,
+                      [...el.querySelectorAll('.skills .skill')].map(s => s.textContent)]]))"""
+            )
+            assert profiles["agent-02"] == ["design agent", ["design"]]
+            assert profiles == {agent["name"]: [agent["role"] or "", agent["skills"]] for agent in agents}
             shown = await page.evaluate(
                 """() => Object.fromEntries([...document.querySelectorAll('#agents .agent')].map(el => [
                      el.dataset.name,
@@ -443,12 +455,73 @@ class TestDashboardLoads:
             )
             watch.assert_clean()
 
+    async def test_the_layout_fits_a_1280_by_800_laptop_screen(self, browser: Browser, team: Team) -> None:
+        async with watched_page(browser, width=1280, height=800) as (page, watch):
+            await open_dashboard(page, team.server)
+            await until(page, "() => document.querySelectorAll('#board .card').length >= 1000", what="1,000 cards")
+            await until(page, "() => document.querySelectorAll('#agents .agent').length >= 50", what="50 agents")
+            layout = await page.evaluate(
+                """() => {
+                  const box = el => { const r = el.getBoundingClientRect(); return [r.left, r.right]; };
+                  const board = document.getElementById('board');
+                  const topbar = document.querySelector('.topbar');
+                  const [topLeft, topRight] = box(topbar);
+                  return {
+                    innerWidth: window.innerWidth,
+                    pageScrollWidth: document.documentElement.scrollWidth,
+                    bodyScrollWidth: document.body.scrollWidth,
+                    board: box(board),
+                    boardScroll: [board.scrollWidth, board.clientWidth],
+                    columns: [...board.querySelectorAll('.column')].map(c => [c.dataset.status, ...box(c)]),
+                    topbar: [topLeft, topRight, topbar.scrollWidth, topbar.clientWidth],
+                    outsideTopbar: [...topbar.querySelectorAll('*')]
+                      .filter(el => el.getClientRects().length)
+                      .filter(el => { const [l, r] = box(el); return l < topLeft - 0.5 || r > topRight + 0.5; })
+                      .map(el => el.id || el.className || el.tagName),
+                  };
+                }"""
+            )
+            width = layout["innerWidth"]
+            assert width == 1280
+            assert layout["pageScrollWidth"] <= width, layout
+            assert layout["bodyScrollWidth"] <= width, layout
+            # Every status column is inside the board's box: none hidden behind a side scroll.
+            assert [status for status, *_ in layout["columns"]] == STATUSES
+            left, right = layout["board"]
+            assert 0 <= left < right <= width, layout
+            outside = [c for c in layout["columns"] if c[1] < left - 0.5 or c[2] > right + 0.5]
+            assert not outside, f"columns outside the board {layout['board']}: {outside}"
+            scroll_width, client_width = layout["boardScroll"]
+            assert scroll_width <= client_width, layout
+            # The header wraps rather than overflows.
+            top_left, top_right, top_scroll, top_client = layout["topbar"]
+            assert top_left >= 0, layout
+            assert top_right <= width, layout
+            assert top_scroll <= top_client, layout
+            assert not layout["outsideTopbar"], layout
+            await screenshot(page, "dashboard-1280x800")
+            watch.assert_clean()
+
     async def test_a_burst_of_200_changes_patches_the_board(self, browser: Browser, team: Team) -> None:
         async with watched_page(browser) as (page, watch), graphql_client(team.server.url) as gql:
             await open_dashboard(page, team.server)
             cancelled_before = (await column_counts(page))["CANCELLED"]
-            before = await page.evaluate("({...window.dashboardMetrics})")
             targets = team.pending[:200]
+            # Mark three elements (an attribute and a JS property, neither of which the page
+            # sets): a card the burst leaves alone, a card it moves, an agent's row. Patched in
+            # place, they are the very same nodes afterwards; a re-render would make new ones.
+            untouched = await page.evaluate(
+                """moved => {
+                  const untouched = document.querySelector('#board .column[data-status=COMPLETED] .card');
+                  const probes = [untouched,
+                                  document.querySelector(`#board .card[data-id="${moved}"]`),
+                                  document.querySelector('#agents .agent[data-name=agent-00]')];
+                  probes.forEach((el, i) => { el.dataset.probe = String(i); el.probeNode = i; });
+                  return untouched.dataset.id;
+                }""",
+                targets[0],
+            )
+            before = await page.evaluate("({...window.dashboardMetrics})")
             started = time.monotonic()
             queue: asyncio.Queue[str] = asyncio.Queue()
             for task_id in targets:
@@ -485,6 +558,19 @@ class TestDashboardLoads:
                     "page_apply_ms": round(after["applyMs"] - before["applyMs"], 1),
                 },
             )
+            # Events are applied in batches, one per animation frame, not one render each.
+            events, frames = after["events"] - before["events"], after["flushes"] - before["flushes"]
+            assert events >= 200, after
+            assert frames < events, f"{frames} frames for {events} events"
+            same = await page.evaluate(
+                """([untouched, moved]) => [
+                    document.querySelector(`#board .card[data-id="${untouched}"]`),
+                    document.querySelector(`#board .column[data-status=CANCELLED] .card[data-id="${moved}"]`),
+                    document.querySelector('#agents .agent[data-name=agent-00]'),
+                  ].map((el, i) => el?.dataset.probe === String(i) && el.probeNode === i)""",
+                [untouched, targets[0]],
+            )
+            assert same == [True, True, True], f"new nodes for (untouched card, moved card, agent row): {same}"
             await counts_match(page, gql)
             watch.assert_clean()
 
@@ -627,6 +713,31 @@ class TestLiveBoard:
             await drive_to_review(gql, task["id"], "agent-42")
             await card_in(page, task["id"], "REVIEWING")
             await open_card(page, task["id"])
+            # The drawer shows what the API holds: result, summary, the earlier rejection's
+            # feedback, and the whole history.
+            api = await gql.execute(
+                "query($id: ID!) { task(id: $id) { result summary feedback } events(taskId: $id, first: 500) { id } }",
+                id=task["id"],
+            )
+            history = len(api["events"])
+            assert api["task"]["result"] == {"ok": True}
+            assert api["task"]["summary"] == "done"
+            assert api["task"]["feedback"] == "Add the numbers"
+            await until(
+                page,
+                "n => document.querySelectorAll('#drawer-body .history > li').length === n",
+                history,
+                what=f"{history} events in the drawer's history",
+            )
+            drawer = await page.evaluate(
+                """() => Object.fromEntries([...document.querySelectorAll('#drawer-body section.block')].map(
+                     section => [section.querySelector('h3').textContent,
+                                 section.querySelector('pre, p')?.textContent ?? null]))"""
+            )
+            assert json.loads(drawer.get("Result") or "null") == api["task"]["result"], drawer
+            assert drawer.get("Summary") == api["task"]["summary"], drawer
+            assert drawer.get("Reviewer feedback") == api["task"]["feedback"], drawer
+            assert f"History ({history} events)" in drawer, drawer
             await page.click('#drawer [data-action="approve"]')
             await until_api_task(gql, task["id"], lambda t: t["status"] == "COMPLETED")
             await card_in(page, task["id"], "COMPLETED")
@@ -687,6 +798,7 @@ class TestPresence:
             try:
                 await open_dashboard(page, server)
                 await record_agent_statuses(page)
+                await record_heartbeat_ages(page, "steady")
                 await register(gql, "fading", ["research"])
                 await step(gql, CLAIM, id=task["id"], a="fading")
                 silent_since = time.monotonic()
@@ -709,6 +821,20 @@ class TestPresence:
                 alive.discard("idle")
                 await agent_goes_offline(page, "idle")
                 assert await page.get_attribute("#agents .agent[data-name=steady]", "data-status") == "ONLINE"
+
+                # "steady" only heartbeats, which no event reports: past the timeout the page
+                # shows the server's bound instead of a count that keeps growing. Nothing re-reads
+                # the agents from here on, so its age as the page counts it passes 3 s.
+                await until(
+                    page,
+                    "() => window.heartbeatAges.some(age => age.startsWith('<') || parseInt(age) > 3)",
+                    what="steady's age past the timeout",
+                )
+                ages = await page.evaluate("window.heartbeatAges")
+                counted = [int(age[:-1]) for age in ages if re.fullmatch(r"\d+s", age)]
+                assert all(age <= 3 for age in counted), f"steady shown older than the 3 s timeout: {ages}"
+                assert "< 3 s" in ages, ages
+                assert len(counted) + ages.count("< 3 s") == len(ages), ages
                 watch.assert_clean()
             finally:
                 heartbeats.cancel()
@@ -723,6 +849,55 @@ async def agent_goes_offline(page: Page, name: str) -> None:
         name,
         what=f"{name} OFFLINE on the page",
         within=DEADLINE + 3,
+    )
+
+
+async def newest_event_id(gql: GraphQLClient) -> int:
+    data = await gql.execute("{ dashboardStats { recentEvents(first: 1) { id } } }")
+    return int(data["dashboardStats"]["recentEvents"][0]["id"])
+
+
+def record_task_event_subscriptions(page: Page) -> list[str | None]:
+    """From now on, the `after` of every taskEvents subscription the page sends over any of
+    its WebSockets, in order (graphql-transport-ws `subscribe` frames)."""
+    sent: list[str | None] = []
+
+    def on_frame(payload: str | bytes) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or message.get("type") != "subscribe":
+            return
+        if "taskEvents" in message["payload"]["query"]:
+            sent.append((message["payload"].get("variables") or {}).get("after"))
+
+    page.on("websocket", lambda socket: socket.on("framesent", on_frame))
+    return sent
+
+
+async def record_connection_states(page: Page) -> None:
+    """From now on, window.connectionStates lists every state the header's connection
+    indicator takes, in order (each attribute change, even several within one task)."""
+    await page.evaluate(
+        """() => {
+          window.connectionStates = [];
+          const el = document.getElementById('connection');
+          new MutationObserver(records => records.forEach((record, i) => window.connectionStates.push(
+              i + 1 < records.length ? records[i + 1].oldValue : el.dataset.state)))
+            .observe(el, { attributes: true, attributeFilter: ['data-state'], attributeOldValue: true });
+        }"""
+    )
+
+
+async def agent_gone(page: Page, name: str) -> None:
+    """A hard-unregistered agent's row leaves the panel (no event says so: the page re-reads
+    the agents when it comes back)."""
+    await until(
+        page,
+        "name => !document.querySelector(`#agents .agent[data-name=${name}]`)",
+        name,
+        what=f"{name} gone from the agents panel",
     )
 
 
@@ -742,6 +917,19 @@ async def record_agent_statuses(page: Page) -> None:
     )
 
 
+async def record_heartbeat_ages(page: Page, name: str) -> None:
+    """From now on, window.heartbeatAges lists every text the agent's "♥" age shows, in order."""
+    await page.evaluate(
+        """name => {
+          const el = document.querySelector(`#agents .agent[data-name=${name}] .heartbeat-age`);
+          window.heartbeatAges = [el.textContent];
+          new MutationObserver(() => window.heartbeatAges.push(el.textContent))
+            .observe(el, { subtree: true, childList: true, characterData: true });
+        }""",
+        name,
+    )
+
+
 class TestReconnect:
     async def test_after_a_server_restart_the_page_catches_up_with_what_changed_meanwhile(
         self, browser: Browser, tmp_path: Path
@@ -754,26 +942,28 @@ class TestReconnect:
                     project = await create_project(gql, "Restarts")
                     kept = await create_task(gql, project, "Survives the restart")
                     doomed = await create_task(gql, project, "Cancelled while away")
+                    await register(gql, "leaver", ["design"])
+                    newest = await newest_event_id(gql)
+                subscriptions = record_task_event_subscriptions(page)
                 await open_dashboard(page, first)
                 await card_in(page, doomed["id"], "PENDING")
-                await page.evaluate(
-                    """() => {
-                      window.sameDocument = true;
-                      window.connectionStates = [];
-                      const el = document.getElementById('connection');
-                      new MutationObserver(() => window.connectionStates.push(el.dataset.state))
-                        .observe(el, { attributes: true, attributeFilter: ['data-state'] });
-                    }"""
-                )
+                await until(page, "() => document.querySelector('#agents .agent[data-name=leaver]')", what="leaver")
+                await page.evaluate("window.sameDocument = true")
+                await record_connection_states(page)
+                # Every event so far came with the snapshot, which the subscription starts after.
+                assert subscriptions == [str(newest)]
+                assert await page.evaluate("window.dashboardMetrics.lastEventId") in (0, newest)
             finally:
                 await first.stop()
             await connection_is(page, "reconnecting", "offline")
+            sent_before_the_drop = len(subscriptions)
 
             # Changes the page cannot see: made through another server on another port.
             async with running_server(url, tmp_path) as other, graphql_client(other.url) as gql:
                 await step(gql, CANCEL, id=doomed["id"])
                 added = await create_task(gql, project, "Created while away")
                 await register(gql, "newcomer", ["research"])
+                await gql.execute('mutation { unregisterAgent(name: "leaver", hard: true) }')
 
             second = await start_server(url, tmp_path, port=port)
             try:
@@ -783,10 +973,17 @@ class TestReconnect:
                 await card_in(page, added["id"], "PENDING")
                 await card_in(page, kept["id"], "PENDING")
                 await until(page, "() => document.querySelector('#agents .agent[data-name=newcomer]')", what="newcomer")
+                await agent_gone(page, "leaver")
                 assert await page.evaluate("window.sameDocument") is True, "the page reloaded"
                 states = await page.evaluate("window.connectionStates")
                 assert states[0] in ("reconnecting", "offline"), states
+                assert "catching-up" in states, states
                 assert states[-1] == "live", states
+                # It came back from the last event it had seen: each taskEvents subscription
+                # sent since the drop (one per attempt that got through) asked for what follows it.
+                resent = subscriptions[sent_before_the_drop:]
+                assert resent, "no taskEvents subscription after the restart"
+                assert set(resent) == {str(newest)}, resent
                 feed = await page.locator("#feed .event").evaluate_all(
                     "items => items.map(item => [item.dataset.type, item.querySelector('[data-task]').dataset.task])"
                 )
@@ -803,20 +1000,38 @@ class TestReconnect:
         self, browser: Browser, team: Team
     ) -> None:
         async with watched_page(browser) as (page, watch), graphql_client(team.server.url) as gql:
+            subscriptions = record_task_event_subscriptions(page)
             await open_dashboard(page, team.server)
             project = await create_project(gql, "Network drop")
             before = await create_task(gql, project, "Seen before the drop")
             await card_in(page, before["id"], "PENDING")
+            await register(gql, "dropout", ["testing"])
+            await until(page, "() => document.querySelector('#agents .agent[data-name=dropout]')", what="dropout")
+            newest = await newest_event_id(gql)
+            await until(page, "id => window.dashboardMetrics.lastEventId === id", newest, what="the newest event")
+            await record_connection_states(page)
+            sent_before_the_drop = len(subscriptions)
+            assert sent_before_the_drop == 1, subscriptions
+            assert int(subscriptions[0] or 0) < newest, subscriptions  # the page saw events live
             await page.context.set_offline(True)
             await connection_is(page, "reconnecting", "offline")
             await step(gql, CANCEL, id=before["id"])
             during = await create_task(gql, project, "Created during the drop")
+            await gql.execute('mutation { unregisterAgent(name: "dropout", hard: true) }')
             await page.context.set_offline(False)
             back = await connection_is(page, "live")
             record("live_again_after_network_returns_seconds", round(back, 3))
             await card_in(page, before["id"], "CANCELLED")
             await card_in(page, during["id"], "PENDING")
+            await agent_gone(page, "dropout")
             await counts_match(page, gql)
+            states = await page.evaluate("window.connectionStates")
+            assert states[0] in ("reconnecting", "offline"), states
+            assert "catching-up" in states, states
+            assert states[-1] == "live", states
+            resent = subscriptions[sent_before_the_drop:]
+            assert resent, "no taskEvents subscription after the network came back"
+            assert set(resent) == {str(newest)}, f"resubscribed after {resent}, the page had seen {newest}"
             watch.assert_clean(allow=("net::ERR_",))
 
 

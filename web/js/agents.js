@@ -4,6 +4,9 @@ import { ago, h, ms, setText } from "./dom.js";
 
 const ACTIVE = new Set(["ASSIGNED", "RUNNING", "REVIEWING"]);
 const ORDER = { BUSY: 0, ONLINE: 1, OFFLINE: 2 };
+// The server turns an agent OFFLINE when it has not heartbeated for HEARTBEAT_TIMEOUT_SECONDS,
+// so while it is ONLINE or BUSY its last heartbeat is at most that old.
+const ALIVE = new Set(["ONLINE", "BUSY"]);
 
 export class AgentsPanel {
   constructor(root, countEl, { onOpenTask }) {
@@ -11,6 +14,7 @@ export class AgentsPanel {
     this.countEl = countEl;
     this.rows = new Map(); // name -> { agent, el, parts, tasksText }
     this.activeByAgent = new Map(); // name -> Map(taskId -> title)
+    this.heartbeatTimeout = null; // seconds, from GET / (null: unknown)
     root.addEventListener("click", (event) => {
       const link = event.target.closest("[data-task]");
       if (link) onOpenTask(link.dataset.task);
@@ -93,8 +97,20 @@ export class AgentsPanel {
     for (const row of this.rows.values()) this.tickRow(row, now);
   }
 
+  /** HEARTBEAT_TIMEOUT_SECONDS from GET /: the bound on a live agent's heartbeat age. */
+  setHeartbeatTimeout(seconds) {
+    this.heartbeatTimeout = Number(seconds) > 0 ? Number(seconds) : null;
+    this.tick();
+  }
+
+  /** A bare `heartbeat` call writes no event, so the page may not have seen an agent's
+   * latest one. Past the timeout, a live agent's age is shown as the server's bound,
+   * "< 90 s", rather than a count that would keep growing. */
   tickRow(row, now) {
-    setText(row.parts.heartbeat, ago(row.agent.lastHeartbeatAt, now));
+    const { lastHeartbeatAt, status } = row.agent;
+    const timeout = this.heartbeatTimeout;
+    const bounded = timeout && lastHeartbeatAt && ALIVE.has(status) && now - ms(lastHeartbeatAt) > timeout * 1000;
+    setText(row.parts.heartbeat, bounded ? `< ${timeout} s` : ago(lastHeartbeatAt, now));
   }
 
   sort() {

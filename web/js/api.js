@@ -62,13 +62,14 @@ export class Api {
     return body.data;
   }
 
-  /** The service's version from GET / (open without a credential). */
-  async version() {
+  /** GET / (open without a credential): the service's version and heartbeatTimeoutSeconds
+   * ({} when it cannot be read). */
+  async info() {
     try {
       const response = await fetch("/", { headers: { Accept: "application/json" } });
-      return (await response.json()).version || "";
+      return (await response.json()) || {};
     } catch {
-      return "";
+      return {};
     }
   }
 }

@@ -48,7 +48,12 @@ const live = new Live(api, {
   presence: onPresence,
   stats: showStats,
   state: showConnection,
-  resync: () => refreshProjects(),
+  // Back after a loss: projects and agents may have changed unseen (an agent registered or
+  // hard-unregistered meanwhile writes no task event).
+  resync: () => {
+    refreshProjects();
+    refreshAgents();
+  },
   authFailure: askKey,
 });
 const newProject = projectDialog(api, {
@@ -112,8 +117,9 @@ async function load() {
   live.stop();
   showConnection("connecting");
   try {
-    const [head, version] = await Promise.all([api.request(HEAD, { first: FEED_START }), api.version()]);
-    setText($("version"), version ? `v${version}` : "");
+    const [head, info] = await Promise.all([api.request(HEAD, { first: FEED_START }), api.info()]);
+    setText($("version"), info.version ? `v${info.version}` : "");
+    agents.setHeartbeatTimeout(info.heartbeatTimeoutSeconds);
     const [projectData, agentData, tasks] = await Promise.all([api.request(PROJECTS), api.request(AGENTS), loadTasks()]);
     projects.setProjects(projectData.projects);
     agents.setAgents(agentData.agents);
@@ -222,6 +228,7 @@ const refreshProjects = debounce(async () => {
 const refreshAgents = debounce(async () => {
   try {
     agents.setAgents((await api.request(AGENTS)).agents);
+    refreshFilterOptions();
   } catch (error) {
     if (error instanceof AuthError) askKey(error);
   }
