@@ -334,7 +334,7 @@ class TestTextTheDatabaseCannotStore:
 
 class TestUnexpectedErrors:
     async def test_an_unexpected_exception_is_masked_as_internal(self, gql, world, monkeypatch):
-    async def broken(session: Any, project_id: int | None) -> Any:
+        async def broken(session: Any, project_id: int | None) -> Any:
             raise RuntimeError("secret detail from /srv/app/db.py: SELECT * FROM agents")
 
         monkeypatch.setattr(db_stats, "counts", broken)
