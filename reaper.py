@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from .db import agents as db_agents
 from .db.base import utcnow
+from .db.counts import compact as compact_counts
 from .db.dependencies import recount_and_unblock
 from .db.enums import TaskEventType
 from .db.health import problem
@@ -80,6 +81,7 @@ class TickResult:
     offline_expired: int = field(default=0, compare=False)  # of `expired`: agents gone OFFLINE
     timed_out: int = 0
     purged: int = 0
+    folded: int = field(default=0, compare=False)  # task_counts rows folded away (db/counts.py)
 
 
 class Reaper:
@@ -177,6 +179,7 @@ class Reaper:
         result.expired = result.offline_expired + await self.expire_leases(now)
         result.timed_out = await self.time_out_tasks(now)
         result.purged = await self.purge(now)
+        result.folded = await self.fold_counts()
         return result
 
     async def expire_offline_agents(self, now: datetime) -> tuple[int, int]:
@@ -241,6 +244,11 @@ class Reaper:
             count_failure=overdue.penalise,
             actor="reaper",
         )
+
+    async def fold_counts(self) -> int:
+        """Fold task_counts' delta rows into one per project and bucket (db/counts.py)."""
+        async with self.services.transaction() as session:
+            return await compact_counts(session)
 
     async def purge(self, now: datetime) -> int:
         """Erase rows soft-deleted before the retention window, and old idempotency keys."""

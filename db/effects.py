@@ -14,8 +14,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import TaskEvent
-
 
 @dataclass(frozen=True)
 class PresenceChange:
@@ -28,12 +26,20 @@ class PresenceChange:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenEvent:
+    """An event row the transaction added to the log."""
+
+    task_id: int
+    type: str
+
+
 @dataclass
 class Effects:
     """What one transaction did that others hear of after it commits."""
 
     # Event rows added to the log; stamped with their cursor at (SQLite) or after (PostgreSQL) commit.
-    events: list[TaskEvent] = field(default_factory=list)
+    events: list[WrittenEvent] = field(default_factory=list)
     # Agent status changes, in the order they happened.
     presence: list[PresenceChange] = field(default_factory=list)
     # The log's stamped horizon when the transaction stamped its own events before commit

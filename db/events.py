@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .base import dialect_name
-from .effects import effects_of
+from .base import dialect_name, utcnow
+from .effects import WrittenEvent, effects_of
 from .enums import TaskEventType
 from .models import Task, TaskEvent
 
@@ -56,8 +56,36 @@ def record_event(
         data=data,
     )
     session.add(event)
-    effects_of(session).events.append(event)
+    effects_of(session).events.append(WrittenEvent(task.id, event_type.value))
     return event
+
+
+async def record_events(
+    session: AsyncSession, tasks: Sequence[Task], event_type: TaskEventType, *, actor: str | None
+) -> None:
+    """record_event for many tasks entering their current status (createTasks): one INSERT."""
+    if not tasks:
+        return
+    now = utcnow()
+    await session.execute(
+        insert(TaskEvent),
+        [
+            {
+                "task_id": task.id,
+                "project_id": task.project_id,
+                "type": event_type.value,
+                "from_status": None,
+                "to_status": task.status,
+                "actor": actor,
+                "agent_id": task.assignee_id,
+                "message": None,
+                "data": None,
+                "created_at": now,
+            }
+            for task in tasks
+        ],
+    )
+    effects_of(session).events.extend(WrittenEvent(task.id, event_type.value) for task in tasks)
 
 
 async def stamp_events(session: AsyncSession) -> int:

@@ -3,14 +3,14 @@ counts /metrics reads at scrape time."""
 
 from __future__ import annotations
 
-from sqlalchemy import and_, case, func, literal, select, text, union_all
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from . import counts as db_counts
 from .base import dialect_name, utcnow
-from .enums import AgentStatus, TaskStatus
-from .models import Agent, Task
-from .tasks import ready_conditions
+from .enums import AgentStatus
+from .models import Agent
 
 UNREACHABLE = "database unreachable"
 NOT_MIGRATED = "database not migrated"
@@ -69,25 +69,14 @@ async def schema_revision(session: AsyncSession) -> str | None:
 
 
 async def service_counts(session: AsyncSession) -> tuple[dict[str, int], int, dict[str, int]]:
-    """Live tasks by status, ready tasks, live agents by status: one statement."""
-    ready = func.sum(case((and_(*ready_conditions(utcnow())), 1), else_=0))
-    tasks = (
-        select(literal("task").label("kind"), Task.status, func.count().label("n"), ready.label("ready"))
-        .where(Task.deleted_at.is_(None))
-        .group_by(Task.status)
-    )
-    agents = (
-        select(literal("agent"), Agent.status, func.count(), literal(0))
-        .where(Agent.deleted_at.is_(None))
-        .group_by(Agent.status)
-    )
-    task_counts = {status.value: 0 for status in TaskStatus}
+    """Live tasks by status, ready tasks, live agents by status (tasks from db/counts.py)."""
+    buckets = db_counts.summed(await db_counts.bucket_counts(session))
+    task_counts = db_counts.live_status_counts(buckets)
+    ready_count = buckets.get(db_counts.READY, 0) + await db_counts.scheduled_due(session, utcnow())
     agent_counts = {status.value: 0 for status in AgentStatus}
-    ready_count = 0
-    for kind, status, count, ready_here in await session.execute(union_all(tasks, agents)):
-        if kind == "task":
-            task_counts[status] = count
-            ready_count += int(ready_here or 0)
-        else:
-            agent_counts[status] = count
+    rows = await session.execute(
+        select(Agent.status, func.count()).where(Agent.deleted_at.is_(None)).group_by(Agent.status)
+    )
+    for status, count in rows:
+        agent_counts[status] = count
     return task_counts, ready_count, agent_counts

@@ -31,7 +31,7 @@ from .agents import (
 )
 from .base import UTCDateTime, utcnow
 from .dependencies import unblock_dependents
-from .effects import PresenceChange, effects_of
+from .effects import PresenceChange, WrittenEvent, effects_of
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, TERMINAL_STATUSES, AgentStatus, TaskEventType, TaskStatus
 from .events import record_event
 from .models import Agent, Project, SkillSet, Task, TaskEvent
@@ -241,18 +241,7 @@ async def claim_next_by_name(
     task: Task | None = (await session.scalars(statement)).first()
     if task is None:
         return None
-    effects_of(session).events.append(
-        TaskEvent(
-            task_id=task.id,
-            project_id=task.project_id,
-            type=TaskEventType.CLAIMED.value,
-            from_status=TaskStatus.PENDING.value,
-            to_status=TaskStatus.ASSIGNED.value,
-            actor=agent.name,
-            agent_id=agent.id,
-            created_at=now,
-        )
-    )
+    effects_of(session).events.append(WrittenEvent(task.id, TaskEventType.CLAIMED.value))
     if agent.status != AgentStatus.BUSY.value:
         note_presence(session, PresenceChange(agent.id, agent.name, agent.status, AgentStatus.BUSY.value, now))
     return task

@@ -246,6 +246,23 @@ class IdempotencyKey(Base):
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
 
+class TaskCount(Base):
+    """Live task counts by project and bucket, as deltas that database triggers append in the
+    writing transaction (migration 0003; docs/ARCHITECTURE.md, "Task counts"): a count is the
+    sum of a bucket's rows, and the reaper folds the rows into one per bucket. Buckets: the
+    task's status, except READY (PENDING, no unmet dependency, no availableAt) and DELETED
+    (soft-deleted, any status). Nothing in the service writes this table."""
+
+    __tablename__ = "task_counts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(BigId)
+    bucket: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(BigId)
+
+    __table_args__ = (Index("ix_task_counts_project_bucket", "project_id", "bucket"),)
+
+
 # Seeded by the first migration; editable afterwards.
 TASK_TYPE_DEFAULTS: dict[str, tuple[int, int, int]] = {
     "research": (120, 4, 5),

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import NotFound
+from . import counts as db_counts
 from .agents import lock_agent_by_id, refresh_status
 from .base import rowcount, utcnow
+from .counts import live_status_counts
 from .enums import HELD_STATUSES, TaskEventType
 from .events import record_event
 from .models import Project, Task
@@ -161,13 +163,6 @@ async def purge_deleted_projects(session: AsyncSession, *, older_than: datetime)
 
 
 async def status_counts(session: AsyncSession, project_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-    """Live (not deleted) task counts per status for each project, in one statement."""
-    rows = await session.execute(
-        select(Task.project_id, Task.status, func.count())
-        .where(Task.project_id.in_(project_ids), Task.deleted_at.is_(None))
-        .group_by(Task.project_id, Task.status)
-    )
-    counts: dict[int, dict[str, int]] = {pid: {} for pid in project_ids}
-    for project_id, status, count in rows:
-        counts[project_id][status] = count
-    return counts
+    """Live (not deleted) task counts per status for each project, from db/counts.py."""
+    per_project = await db_counts.bucket_counts(session, project_ids)
+    return {pid: {k: v for k, v in live_status_counts(per_project.get(pid, {})).items() if v} for pid in project_ids}

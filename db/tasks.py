@@ -17,7 +17,7 @@ from ..errors import BadInput, LimitReached, NotFound
 from .agents import active_task_count, refresh_status, require_agent
 from .base import insert_ignore, utcnow
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, TaskEventType, TaskStatus
-from .events import record_event
+from .events import record_event, record_events
 from .models import Agent, Project, SkillSet, Task, TaskDependency, TaskTypeDefault
 from .projects import require_project
 
@@ -159,48 +159,47 @@ async def insert_tasks(
             )
     skill_ids = await skill_set_ids(session, [item.required_skills for item in items])
 
-    rows: list[Task] = []
+    values: list[dict[str, Any]] = []
     for item, skill_id in zip(items, skill_ids, strict=True):
         d = defaults.get(item.task_type) or TaskDefaults(default_timeout_minutes, default_max_attempts, 5)
         # One link per distinct dependency (below), so count each once: "dependsOn: [4, 4]" waits for one.
         unmet = sum(1 for i in set(item.depends_on) if existing[i].status != TaskStatus.COMPLETED)
-        row = Task(
-            project_id=project_id,
-            parent_id=item.parent_id,
-            title=item.title,
-            description=item.description,
-            task_type=item.task_type,
-            status=TaskStatus.PENDING.value,
-            priority=item.priority if item.priority is not None else d.priority,
-            tags=item.tags,
-            required_skills=sorted(set(item.required_skills)),
-            skill_set_id=skill_id,
-            reviewer=item.reviewer,
-            acceptance_criteria=item.acceptance_criteria,
-            requires_review=item.requires_review,
-            attempt=0,
-            max_attempts=item.max_attempts or d.max_attempts,
-            unmet_dependencies=unmet + len(set(item.depends_on_refs)),
-            estimated_hours=item.estimated_hours,
-            timeout_minutes=item.timeout_minutes or d.timeout_minutes,
-            created_by=item.created_by,
-            idempotency_key=item.idempotency_key,
-            created_at=now,
-            updated_at=now,
-            available_at=item.available_at,
-            due_at=item.due_at,
+        agent = assignees.get(item.assignee) if item.assignee else None
+        values.append(
+            {
+                "project_id": project_id,
+                "parent_id": item.parent_id,
+                "title": item.title,
+                "description": item.description,
+                "task_type": item.task_type,
+                "status": (TaskStatus.ASSIGNED if agent else TaskStatus.PENDING).value,
+                "priority": item.priority if item.priority is not None else d.priority,
+                "tags": item.tags,
+                "required_skills": sorted(set(item.required_skills)),
+                "skill_set_id": skill_id,
+                "assignee_id": agent.id if agent else None,
+                "reviewer": item.reviewer,
+                "acceptance_criteria": item.acceptance_criteria,
+                "requires_review": item.requires_review,
+                "attempt": 1 if agent else 0,
+                "max_attempts": item.max_attempts or d.max_attempts,
+                "unmet_dependencies": unmet + len(set(item.depends_on_refs)),
+                "estimated_hours": item.estimated_hours,
+                "timeout_minutes": item.timeout_minutes or d.timeout_minutes,
+                "created_by": item.created_by,
+                "idempotency_key": item.idempotency_key,
+                "created_at": now,
+                "updated_at": now,
+                "available_at": item.available_at,
+                "due_at": item.due_at,
+                "assigned_at": now if agent else None,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds) if agent else None,
+            }
         )
-        if item.assignee:
-            agent = assignees[item.assignee]
-            row.status = TaskStatus.ASSIGNED.value
-            row.assignee_id = agent.id
-            row.attempt = 1
-            row.assigned_at = now
-            row.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        if agent:
             agent.claimed_count += 1
-        rows.append(row)
-    session.add_all(rows)
-    await session.flush()
+    # One multi-row INSERT ... RETURNING for the batch (no unit of work per row), in input order.
+    rows = list((await session.scalars(insert(Task).returning(Task, sort_by_parameter_order=True), values)).all())
 
     links = [
         {"task_id": row.id, "depends_on_id": dep}
@@ -209,8 +208,7 @@ async def insert_tasks(
     ]
     if links:
         await session.execute(insert(TaskDependency), links)
-    for row in rows:
-        record_event(session, row, TaskEventType.CREATED, to_status=row.status, actor=actor)
+    await record_events(session, rows, TaskEventType.CREATED, actor=actor)
     for agent in assignees.values():
         await refresh_status(session, agent, now=now)
     await session.flush()

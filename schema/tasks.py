@@ -14,6 +14,7 @@ from ..db import tasks as db_tasks
 from ..db.base import utcnow
 from . import validate
 from .enums import TaskStatus
+from .inputs import plain_input
 
 if TYPE_CHECKING:
     from .agents import Agent
@@ -228,6 +229,7 @@ async def task_connection(
     )
 
 
+@plain_input
 @strawberry.input
 class CreateTaskInput:
     title: str

@@ -22,7 +22,16 @@ from task_service.services import Services
 from task_service.settings import Settings
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ["task_dependencies", "task_events", "idempotency_keys", "tasks", "skill_sets", "agents", "projects"]
+TABLES = [
+    "task_dependencies",
+    "task_events",
+    "idempotency_keys",
+    "tasks",
+    "task_counts",
+    "skill_sets",
+    "agents",
+    "projects",
+]
 
 
 async def create_pg_database(prefix: str = "ts_test") -> str:

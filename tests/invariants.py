@@ -18,6 +18,7 @@ scenario can call `assert_invariants`. The rules:
 - Events: every task starts with CREATED; its status-carrying events form a chain
   (each starts where the previous ended) that ends at the task's status; the log is
   append-only (`Snapshot` compares with the previous check) and every row is sequenced.
+- Counts: task_counts (kept by triggers) sums to a count of the tasks per project and bucket.
 - Readiness: `unmet_dependencies` is the number of dependencies not COMPLETED; dependencies
   stay inside a project and form no cycle; a soft-deleted project has no live task.
 """
@@ -86,7 +87,7 @@ async def check(
         tasks = await _rows(
             session,
             "SELECT id, project_id, status, assignee_id, attempt, lease_expires_at, deleted_at, "
-            "unmet_dependencies FROM tasks ORDER BY id",
+            "unmet_dependencies, available_at FROM tasks ORDER BY id",
         )
         agents = await _rows(
             session,
@@ -98,6 +99,9 @@ async def check(
         )
         deps = await _rows(session, "SELECT task_id, depends_on_id FROM task_dependencies")
         projects = await _rows(session, "SELECT id, deleted_at FROM projects")
+        kept_counts = await _rows(
+            session, "SELECT project_id, bucket, SUM(n) AS n FROM task_counts GROUP BY project_id, bucket"
+        )
 
     bad: list[str] = []
     now = datetime.now(UTC)
@@ -219,6 +223,21 @@ async def check(
     live_in_deleted = [t.id for t in tasks if t.project_id in deleted_projects and t.deleted_at is None]
     if live_in_deleted:
         bad.append(f"tasks {live_in_deleted[:10]} are live in a deleted project")
+    # Counts: what the triggers keep in task_counts equals a count of the tasks.
+    expected: Counter[tuple[int, str]] = Counter()
+    for t in tasks:
+        if t.deleted_at is not None:
+            bucket = "DELETED"
+        elif t.status == "PENDING" and t.unmet_dependencies == 0 and t.available_at is None:
+            bucket = "READY"
+        else:
+            bucket = t.status
+        expected[(t.project_id, bucket)] += 1
+    kept = {(c.project_id, c.bucket): int(c.n) for c in kept_counts if int(c.n) != 0}
+    if kept != dict(expected):
+        diff = sorted(set(kept.items()) ^ set(expected.items()))
+        bad.append(f"task_counts disagree with the tasks (kept vs counted, differing entries): {diff}")
+
     return Result(bad, snapshot, over_limit)
 
 

@@ -5,6 +5,7 @@ connection costs a backend fork, authentication and prepared statements)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from sqlalchemy import text
 
@@ -65,3 +66,57 @@ async def test_reads_run_outside_a_transaction_block(pg_url: str) -> None:
         assert second > first[0]
     finally:
         await services.engine.dispose()
+
+
+class TestPingAfterIdle:
+    """DB_POOL_PRE_PING checks only connections that sat idle (db/session.py): a dead one is
+    replaced without an error, and one reused right away costs no ping."""
+
+    async def test_an_idle_connection_whose_backend_died_is_replaced(self, pg_url: str, monkeypatch) -> None:
+        import asyncpg
+
+        from task_service.db import session as db_session
+
+        monkeypatch.setattr(db_session, "PING_AFTER_IDLE_SECONDS", 0.2)
+        engine = create_engine(pg_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                victim = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            admin = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", victim)
+            finally:
+                await admin.close()
+            await asyncio.sleep(0.5)
+            async with engine.connect() as conn:  # would raise without the ping
+                now = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            assert now != victim
+        finally:
+            await engine.dispose()
+
+    async def test_only_connections_idle_long_enough_are_pinged(self, pg_url: str, monkeypatch) -> None:
+        from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+        from task_service.db import session as db_session
+
+        pings: list[int] = []
+        real_ping = AsyncAdapt_asyncpg_connection.ping
+
+        def counting_ping(self: Any) -> Any:
+            pings.append(1)
+            return real_ping(self)
+
+        monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counting_ping)
+        monkeypatch.setattr(db_session, "PING_AFTER_IDLE_SECONDS", 0.3)
+        engine = create_engine(pg_url, pool_size=1)
+        try:
+            for _ in range(5):  # back in use right away: no ping
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            assert pings == []
+            await asyncio.sleep(0.6)
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            assert pings == [1]
+        finally:
+            await engine.dispose()

@@ -334,10 +334,10 @@ class TestTextTheDatabaseCannotStore:
 
 class TestUnexpectedErrors:
     async def test_an_unexpected_exception_is_masked_as_internal(self, gql, world, monkeypatch):
-        async def broken(session: Any) -> dict[str, int]:
+        async def broken(session: Any, project_id: int | None) -> Any:
             raise RuntimeError("secret detail from /srv/app/db.py: SELECT * FROM agents")
 
-        monkeypatch.setattr(db_stats, "agent_counts", broken)
+        monkeypatch.setattr(db_stats, "counts", broken)
         failure = await gql.error("{ dashboardStats { agents { total } } }")
         assert failure.code == "INTERNAL"
         error = failure.errors[0]
