@@ -175,6 +175,7 @@ class TestConcurrentWriters:
 class TestUpgradeFrom0002:
     async def test_existing_tasks_are_counted_and_later_writes_keep_the_counts(self, empty_database, schema):  # noqa: F811
         await upgrade_to(empty_database, "0002")
+
         def seed(conn: Connection) -> None:
             def moment(hours: int) -> Any:
                 value = datetime.now(UTC) + timedelta(hours=hours)
