@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .base import dialect_name
 from .enums import TaskStatus
 from .models import CLAIMABLE_LATER, Task, TaskCount
 
@@ -57,7 +58,7 @@ async def scheduled_due(session: AsyncSession, now: datetime, project_id: int | 
 async def compact(session: AsyncSession) -> int:
     """Fold the delta rows into one row per (project, bucket); returns the rows removed.
     Rows that concurrent writers have not committed yet are not seen and stay for the next pass."""
-    if session.bind.dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         removed = (
             await session.execute(
                 text(

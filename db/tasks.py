@@ -164,7 +164,7 @@ async def insert_tasks(
         d = defaults.get(item.task_type) or TaskDefaults(default_timeout_minutes, default_max_attempts, 5)
         # One link per distinct dependency (below), so count each once: "dependsOn: [4, 4]" waits for one.
         unmet = sum(1 for i in set(item.depends_on) if existing[i].status != TaskStatus.COMPLETED)
-        agent = assignees.get(item.assignee) if item.assignee else None
+        holder = assignees.get(item.assignee) if item.assignee else None
         values.append(
             {
                 "project_id": project_id,
@@ -172,16 +172,16 @@ async def insert_tasks(
                 "title": item.title,
                 "description": item.description,
                 "task_type": item.task_type,
-                "status": (TaskStatus.ASSIGNED if agent else TaskStatus.PENDING).value,
+                "status": (TaskStatus.ASSIGNED if holder else TaskStatus.PENDING).value,
                 "priority": item.priority if item.priority is not None else d.priority,
                 "tags": item.tags,
                 "required_skills": sorted(set(item.required_skills)),
                 "skill_set_id": skill_id,
-                "assignee_id": agent.id if agent else None,
+                "assignee_id": holder.id if holder else None,
                 "reviewer": item.reviewer,
                 "acceptance_criteria": item.acceptance_criteria,
                 "requires_review": item.requires_review,
-                "attempt": 1 if agent else 0,
+                "attempt": 1 if holder else 0,
                 "max_attempts": item.max_attempts or d.max_attempts,
                 "unmet_dependencies": unmet + len(set(item.depends_on_refs)),
                 "estimated_hours": item.estimated_hours,
@@ -192,12 +192,12 @@ async def insert_tasks(
                 "updated_at": now,
                 "available_at": item.available_at,
                 "due_at": item.due_at,
-                "assigned_at": now if agent else None,
-                "lease_expires_at": now + timedelta(seconds=lease_seconds) if agent else None,
+                "assigned_at": now if holder else None,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds) if holder else None,
             }
         )
-        if agent:
-            agent.claimed_count += 1
+        if holder:
+            holder.claimed_count += 1
     # One multi-row INSERT ... RETURNING for the batch (no unit of work per row), in input order.
     rows = list((await session.scalars(insert(Task).returning(Task, sort_by_parameter_order=True), values)).all())
 
