@@ -15,7 +15,7 @@ from sqlalchemy.pool import QueuePool
 from .db.effects import EffectSession
 from .db.health import service_counts
 from .db.lifecycle import Policy
-from .db.session import Sessionmaker, create_engine, create_sessionmaker
+from .db.session import READ_ONLY, Sessionmaker, create_engine, create_sessionmaker
 from .db.stats import DashboardCounts, dashboard_counts
 from .events.bus import EventBus
 from .events.publish import Publisher, publisher_for
@@ -52,15 +52,17 @@ class Services:
     rate_limiter: RateLimiter | None = field(init=False)
     # Sessions for read(): on PostgreSQL without BEGIN and ROLLBACK (autocommit), two round
     # trips fewer per read. Nothing is lost: at READ COMMITTED each statement of a
-    # transaction took its own snapshot anyway, and reads take no locks.
+    # transaction took its own snapshot anyway, and reads take no locks. On SQLite a DEFERRED
+    # transaction (db/session.py): a snapshot read that neither waits for the writer nor
+    # makes it wait.
     read_sessionmaker: Sessionmaker = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self.read_sessionmaker = (
-            self.sessionmaker
+        self.read_sessionmaker = create_sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True})
             if self.is_sqlite
-            else create_sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"))
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self.policy = Policy(
             lease_seconds=self.settings.lease,

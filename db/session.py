@@ -85,9 +85,15 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
+READ_ONLY = "task_service_read_only"  # execution option of the engine Services.read() uses
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, foreign keys, and BEGIN IMMEDIATE: every transaction takes the single write lock
-    up front, so concurrent writers queue on busy_timeout instead of failing on upgrade."""
+    """WAL, foreign keys, and BEGIN IMMEDIATE: every writing transaction takes the single
+    write lock up front, so concurrent writers queue on busy_timeout instead of failing on
+    upgrade. Read sessions (an engine with the READ_ONLY option) begin DEFERRED: in WAL mode
+    they read a snapshot and never wait for the writer nor make it wait, so a read opened
+    while a write transaction is open (or one left open) cannot stall the writers."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -101,7 +107,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 # What every part of the service opens sessions with (made by create_sessionmaker).
