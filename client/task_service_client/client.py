@@ -616,8 +616,10 @@ class TaskServiceClient:
         cursor = after if after is not None else await self.latest_event_id()
         failures = 0
         while True:
+            _raise_if_cancelled()
             try:
                 async with self._ws_client() as session:
+                    _raise_if_cancelled()
                     if failures and on_reconnect is not None:
                         on_reconnect()
                     request = self._request(
@@ -639,8 +641,19 @@ class TaskServiceClient:
                         " check TASK_SERVICE_TOKEN or API_KEY"
                     ) from None
                 log.info("subscription connection lost (%r); resuming after event %s", exc, cursor)
+            _raise_if_cancelled()
             await asyncio.sleep(self.retry.delay(min(failures, 6)))
             failures += 1
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancel that a library swallowed. Python 3.11's wait_for returns the result
+    instead of raising when the awaited step completes together with the cancel (gql awaits
+    the connection_ack that way); the task's cancel request then stays pending, and a stream
+    that went on would reconnect or wait for events for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 __all__ = ["RetryPolicy", "TaskServiceClient", "TaskServiceError"]

@@ -223,6 +223,9 @@ class Worker:
                     if self._wakes(event):
                         await self._bump()
             except TaskServiceError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None  # a swallowed cancel: we are stopping
                 # Slots still find work by --idle-recheck meanwhile.
                 failures += 1
                 log.warning("event stream failed (%s: %s); waking on timer only for now", exc.code, exc.message)

@@ -322,3 +322,43 @@ class TestSyncWrapper:
             events = client.subscribe_events(after="0", task_id=task.id)
             assert [next(events).type for _ in range(4)] == ["CREATED", "CLAIMED", "STARTED", "SUBMITTED"]
             events.close()
+
+
+class _SwallowingSession:
+    """A WebSocket session whose handshake swallows a cancel, as Python 3.11's wait_for does
+    when the awaited step completes together with the cancel (gql awaits the connection_ack
+    with wait_for), and whose subscription then waits for events for ever."""
+
+    async def __aenter__(self) -> _SwallowingSession:
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            pass  # swallowed: the task's cancel request stays pending (Task.cancelling() > 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool:
+        return False
+
+    async def subscribe(self, _request: object) -> AsyncIterator[dict]:
+        await asyncio.Event().wait()
+        yield {}
+
+
+class TestCancellingAStream:
+    async def test_a_cancel_swallowed_during_the_handshake_still_ends_the_stream(self, monkeypatch) -> None:
+        """`taskctl work --once` once never exited: its event stream, cancelled at shutdown
+        while connecting, lost the cancel and went on waiting (seen in CI). The stream checks
+        for a pending cancel after each step it does not control."""
+        client = TaskServiceClient("http://127.0.0.1:9", agent="nobody", retry=FAST_RETRY)
+        monkeypatch.setattr(client, "_ws_client", _SwallowingSession)
+
+        async def read() -> None:
+            async for _ in client.subscribe_events(after="0"):
+                pass
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0.05)
+        reader.cancel()
+        done, _ = await asyncio.wait({reader}, timeout=10)
+        assert done, "the stream went on after its task was cancelled"
+        assert reader.cancelled()
