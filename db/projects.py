@@ -9,10 +9,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import NotFound
-from . import counts as db_counts
 from .agents import lock_agent_by_id, refresh_status
 from .base import rowcount, utcnow
-from .counts import live_status_counts
+from .counts import bucket_counts, live_status_counts
 from .enums import HELD_STATUSES, TaskEventType
 from .events import record_event
 from .models import Project, Task
@@ -164,5 +163,5 @@ async def purge_deleted_projects(session: AsyncSession, *, older_than: datetime)
 
 async def status_counts(session: AsyncSession, project_ids: Sequence[int]) -> dict[int, dict[str, int]]:
     """Live (not deleted) task counts per status for each project, from db/counts.py."""
-    per_project = await db_counts.bucket_counts(session, project_ids)
+    per_project = await bucket_counts(session, project_ids)
     return {pid: {k: v for k, v in live_status_counts(per_project.get(pid, {})).items() if v} for pid in project_ids}

@@ -151,3 +151,38 @@ async def scrape(base_url: str, **headers: str) -> dict[tuple[str, tuple[tuple[s
 def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
     """One sample's value; 0 when it has not been recorded yet."""
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def answers_at(url: str) -> bool:
+    """Whether anything answers an HTTP(S) GET of `url` (a self-signed certificate is fine)."""
+    try:
+        async with httpx.AsyncClient(verify=False, timeout=2, trust_env=False) as client:  # noqa: S501
+            await client.get(url)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def serving(database_url: str, workdir: Path, **env: str) -> AsyncIterator[tuple[int, Path]]:
+    """`task-service serve` with JSON logs, until /health answers; its port and log file
+    (stdout and stderr). Stopped (SIGTERM) when the block ends."""
+    port = free_port()
+    log = workdir / f"serve-{port}.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            script(),
+            "serve",
+            "--port",
+            str(port),
+            cwd=workdir,
+            env=clean_env(DATABASE_URL=database_url, LOG_FORMAT="json", **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            await wait_for(lambda: answers_at(f"http://127.0.0.1:{port}/health"), what="the service")
+            yield port, log
+        finally:
+            process.terminate()
+            await process.wait()

@@ -4,17 +4,15 @@ people; LOG_LEVEL applies to the service's loggers and uvicorn's alike."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, free_port, fresh_pg_database, running_server
-from tests.ops.helpers import clean_env, empty_pg_database, health, run_cli, script, wait_for
+from tests.e2e.conftest import Server, fresh_pg_database, running_server
+from tests.ops.helpers import empty_pg_database, health, run_cli, serving, wait_for
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.timeout(180)]
 
@@ -142,31 +140,8 @@ class TestCommandLines:
             assert [r["message"] for r in result] == [f"migrated {url} to head"]
             assert result[0]["level"] == "INFO"
 
-            port = free_port()
-            output = tmp_path / "serve.log"
-            with output.open("wb") as sink:
-                server = await asyncio.create_subprocess_exec(
-                    script(),
-                    "serve",
-                    "--port",
-                    str(port),
-                    cwd=tmp_path,
-                    env=clean_env(DATABASE_URL=url, LOG_FORMAT="json"),
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                )
-                try:
-
-                    async def healthy() -> bool:
-                        try:
-                            return (await health(f"http://127.0.0.1:{port}"))[0] == 200
-                        except httpx.TransportError:
-                            return False
-
-                    await wait_for(healthy, what="serve's /health 200")
-                finally:
-                    server.terminate()
-                    await server.wait()
+            async with serving(url, tmp_path) as (port, output):
+                assert (await health(f"http://127.0.0.1:{port}"))[0] == 200
             records = json_records(output.read_text())
             banners = [r["message"] for r in records if r["logger"] == "task_service.cli"]
             assert len(banners) == 1, records

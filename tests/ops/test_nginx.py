@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from tests.e2e.conftest import free_port, fresh_pg_database
-from tests.ops.helpers import REPO, clean_env, script, wait_for
+from tests.ops.helpers import REPO, answers_at, serving, wait_for
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -114,30 +114,6 @@ class TestConfiguration:
 
 
 @contextlib.asynccontextmanager
-async def serving(database_url: str, workdir: Path, **env: str) -> AsyncIterator[tuple[int, Path]]:
-    """`task-service serve` (the command that applies TRUSTED_PROXIES); its port and log."""
-    port = free_port()
-    log = workdir / f"serve-{port}.log"
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            script(),
-            "serve",
-            "--port",
-            str(port),
-            cwd=workdir,
-            env=clean_env(DATABASE_URL=database_url, LOG_FORMAT="json", **env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            await wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), what="the service")
-            yield port, log
-        finally:
-            process.terminate()
-            await process.wait()
-
-
-@contextlib.asynccontextmanager
 async def proxying(workdir: Path, upstream: int) -> AsyncIterator[tuple[int, int]]:
     """nginx with the shipped site in front of `upstream`: its (http, https) ports."""
     http, https = free_port(), free_port()
@@ -156,20 +132,11 @@ async def proxying(workdir: Path, upstream: int) -> AsyncIterator[tuple[int, int
         stderr=subprocess.DEVNULL,
     )
     try:
-        await wait_for(lambda: _answers(f"https://127.0.0.1:{https}/health"), what="nginx")
+        await wait_for(lambda: answers_at(f"https://127.0.0.1:{https}/health"), what="nginx")
         yield http, https
     finally:
         process.terminate()
         await process.wait()
-
-
-async def _answers(url: str) -> bool:
-    try:
-        async with httpx.AsyncClient(verify=False, timeout=2, trust_env=False) as client:  # noqa: S501
-            await client.get(url)
-    except httpx.TransportError:
-        return False
-    return True
 
 
 def clients_logged(log: Path, operation: str) -> list[str]:
