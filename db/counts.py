@@ -5,13 +5,14 @@ counts"."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import dialect_name
 from .enums import TaskStatus
-from .models import TaskCount
+from .models import CLAIMABLE_LATER, Task, TaskCount
 
 READY = "READY"  # PENDING, nothing unmet, no availableAt: claimable now
 DELETED = "DELETED"  # soft-deleted, whatever its status
@@ -36,6 +37,22 @@ def live_status_counts(buckets: dict[str, int]) -> dict[str, int]:
     counts = {s.value: buckets.get(s.value, 0) for s in TaskStatus}
     counts[TaskStatus.PENDING.value] += buckets.get(READY, 0)
     return counts
+
+
+def summed(per_project: dict[int, dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for buckets in per_project.values():
+        for bucket, n in buckets.items():
+            total[bucket] = total.get(bucket, 0) + n
+    return total
+
+
+async def scheduled_due(session: AsyncSession, now: datetime, project_id: int | None = None) -> int:
+    """Ready tasks with an availableAt already past (read from their partial index)."""
+    query = select(func.count()).select_from(Task).where(text(CLAIMABLE_LATER), Task.available_at <= now)
+    if project_id is not None:
+        query = query.where(Task.project_id == project_id)
+    return int(await session.scalar(query) or 0)
 
 
 async def compact(session: AsyncSession) -> int:

@@ -3,13 +3,14 @@ counts /metrics reads at scrape time."""
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .base import dialect_name
-from .enums import TaskStatus
-from .stats import counts
+from . import counts as db_counts
+from .base import dialect_name, utcnow
+from .enums import AgentStatus
+from .models import Agent
 
 UNREACHABLE = "database unreachable"
 NOT_MIGRATED = "database not migrated"
@@ -68,7 +69,14 @@ async def schema_revision(session: AsyncSession) -> str | None:
 
 
 async def service_counts(session: AsyncSession) -> tuple[dict[str, int], int, dict[str, int]]:
-    """Live tasks by status, ready tasks, live agents by status: dashboardStats' one statement
-    (db/stats.py), which reads the trigger-kept counts instead of scanning tasks."""
-    tasks, agents, _projects, _deleted = await counts(session, None)
-    return {s.value: tasks[s.value] for s in TaskStatus}, tasks["ready"], agents
+    """Live tasks by status, ready tasks, live agents by status (tasks from db/counts.py)."""
+    buckets = db_counts.summed(await db_counts.bucket_counts(session))
+    task_counts = db_counts.live_status_counts(buckets)
+    ready_count = buckets.get(db_counts.READY, 0) + await db_counts.scheduled_due(session, utcnow())
+    agent_counts = {status.value: 0 for status in AgentStatus}
+    rows = await session.execute(
+        select(Agent.status, func.count()).where(Agent.deleted_at.is_(None)).group_by(Agent.status)
+    )
+    for status, count in rows:
+        agent_counts[status] = count
+    return task_counts, ready_count, agent_counts
