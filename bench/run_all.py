@@ -1,6 +1,6 @@
 """Every benchmark of issue 10 in one run, each beside its baseline, in one table.
 
-    python bench/run_all.py                 # the full run (~12 min on a busy 2-core machine), writes bench/RESULTS.md
+    python bench/run_all.py                 # the full run (~30 min, the soak 10 of them), writes bench/RESULTS.md
     python bench/run_all.py --quick         # a smoke run with tiny sizes (about a minute)
     python bench/run_all.py --only b1,b7    # some of them (b1 b2 b3 b4 b5 b6 b7)
     python bench/run_all.py --server-env DB_POOL_SIZE=20   # measure a setting
@@ -21,6 +21,10 @@ PostgreSQL database, at the same concurrency:
   baseline: a Starlette + asyncpg `SELECT id, status` endpoint under uvicorn.
 - B3, B4: bench/b3_fanout.py and bench/b4_claim_backlog.py, run as they are (B4 compares
   with the same claims without a backlog).
+- Event delivery lag during B1 (one taskEvents subscriber; lost, repeated, lag p50/p99).
+- W2: B7, B2 and B1 again with `serve --workers 2`, beside the one-process figures.
+- B8: claimNextTask one at a time with 1M tasks in the database, beside the same before the
+  database was grown. B9: the service's RSS over a 10-minute soak at moderate load.
 
 HTTP load comes from wrk (2 threads, Lua scripts that cycle through pre-formatted requests
 with one agent name or id each) or, for what wrk cannot express, from bench/raw_clients.py in
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -70,6 +75,8 @@ from b3_fanout import (
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
+# run in this order on the seeded database; w2 reruns B7, B2 and B1 with `serve --workers 2`
+SERVICE_STEPS = ("b7", "b2", "b5", "b1", "w2", "b8", "b9")
 RESULTS = BENCH_DIR / "RESULTS.md"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 
@@ -94,7 +101,13 @@ TARGETS = {
     "B5": "p50 < 20 ms",
     "B6": "≥ 2,000 tasks/s",
     "B7": "≥ 0.35x raw",
+    "B9": "RSS does not grow",
 }
+SOAK_AGENTS = 10
+SOAK_SUBSCRIBERS = 10
+SOAK_RECONNECT = 30.0
+SOAK_GROWTH_MB = 5.0  # allowed RSS growth over the soak: this or SOAK_GROWTH_SHARE of the start
+SOAK_GROWTH_SHARE = 0.03
 
 WRK_LUA = r"""
 local bodies = %(bodies)s
@@ -187,6 +200,10 @@ class Sizes:
     connections: int
     b3_args: list[str]
     b4_args: list[str]
+    b8_tasks: int  # tasks in the database for B8's second series
+    b8_claims: int
+    soak_seconds: float
+    soak_rate: float  # operations per second, all soak agents together
 
 
 FULL = Sizes(
@@ -203,6 +220,10 @@ FULL = Sizes(
     connections=20,
     b3_args=["--subscribers", "2000", "--duration", "30", "--rate", "10"],
     b4_args=[],
+    b8_tasks=1_000_000,
+    b8_claims=200,
+    soak_seconds=600,
+    soak_rate=40,
 )
 QUICK = Sizes(
     b1_tasks=1_000,
@@ -233,6 +254,10 @@ QUICK = Sizes(
         "--batch",
         "500",
     ],
+    b8_tasks=20_000,
+    b8_claims=10,
+    soak_seconds=12,
+    soak_rate=40,
 )
 
 
@@ -280,6 +305,11 @@ class Bench:
         self.dsn = ""  # plain postgresql:// for asyncpg
         self.projects: dict[str, int] = {}
         self.http: httpx.AsyncClient | None = None
+        self.database_url = ""
+        self.log_problems = 0  # of the servers stopped before the last one
+        self.log_tails: list[str] = []
+        self.loads: dict[str, tuple[str, list[str], dict[str, Any]]] = {}  # bench -> B1/B2/B7's wrk load
+        self.lag_after = 0
 
     async def step(self, name: str, work: Any, *, fatal: bool = False) -> None:
         """Run one part; a benchmark that fails gets a row saying so and the others still run
@@ -301,7 +331,7 @@ class Bench:
     async def start(self) -> None:
         args = self.args
         self.db_name = f"bench_all_{uuid.uuid4().hex[:10]}"
-        url = await create_pg_database(args.pg_admin_dsn, self.db_name)
+        url = self.database_url = await create_pg_database(args.pg_admin_dsn, self.db_name)
         self.dsn = "postgresql://" + url.split("://", 1)[1]
         await asyncio.to_thread(run_migrations, url, self.server_env, self.workdir)
         workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
@@ -359,9 +389,10 @@ class Bench:
             self.monitor.stop()
         if self.server is not None:
             self.server.stop()
-            self.info["server_log_problems"] = self.server.log_problems()
-            if self.info["server_log_problems"]:
-                self.info["server_log_tail"] = self.server.log_tail(30)
+            self.note_log(self.server)
+            self.info["server_log_problems"] = self.log_problems
+            if self.log_problems:
+                self.info["server_log_tail"] = "\n".join(self.log_tails)
         if self.baseline is not None and self.baseline.poll() is None:
             self.baseline.terminate()
             try:
@@ -371,6 +402,30 @@ class Bench:
                 self.baseline.wait(5)
         if self.db_name:
             await drop_pg_database(self.args.pg_admin_dsn, self.db_name)
+
+    def note_log(self, server: Server) -> None:
+        problems = server.log_problems()
+        self.log_problems += problems
+        if problems:
+            self.log_tails.append(server.log_tail(30))
+
+    async def restart(self, workers: int) -> None:
+        """The service again, on the same database, as `serve --workers N`."""
+        assert self.server is not None
+        assert self.monitor is not None
+        assert self.http is not None
+        self.monitor.stop()
+        self.server.stop()
+        self.note_log(self.server)
+        workdir = self.workdir / f"server-{len(self.log_tails)}-{time.monotonic_ns()}"
+        workdir.mkdir()
+        extra = ("--workers", str(workers)) if workers > 1 else ()
+        self.server = launch_server(self.database_url, self.server_env, workdir, extra)
+        await wait_healthy(self.server)
+        self.monitor = ServerMonitor(self.server.process.pid)
+        self.monitor.start()
+        await self.http.aclose()
+        self.http = httpx.AsyncClient(base_url=self.server.url, timeout=300, trust_env=False)
 
     async def sql(self, query: str, *params: Any) -> Any:
         conn = await asyncpg.connect(self.dsn)
@@ -515,13 +570,13 @@ class Bench:
             stderr=(self.args.profile / f"{name}.log").open("wb"),
         )
 
-    def run_client(self, mode: str, *extra: str) -> dict[str, Any]:
+    def run_client(self, mode: str, *extra: str, seconds: float | None = None) -> dict[str, Any]:
         cpu0, t0 = children_cpu(), time.monotonic()
         done = subprocess.run(
             [sys.executable, str(BENCH_DIR / "raw_clients.py"), mode, *extra],
             capture_output=True,
             text=True,
-            timeout=self.sizes.duration + 120,
+            timeout=(seconds or self.sizes.duration) + 120,
             check=False,
         )
         wall = time.monotonic() - t0
@@ -546,9 +601,10 @@ class Bench:
             made += size
         return timings
 
-    async def copy_tasks(self, source: int, target: int, limit: int) -> None:
+    async def copy_tasks(self, source: int, target: int, limit: int, *, pending: bool = False) -> None:
         """Copy up to `limit` of the source project's tasks into another project with SQL:
-        the baselines' own rows, as ready as the service's (no events: nothing reads them)."""
+        the baselines' own rows, as ready as the service's (no events: nothing reads them).
+        `pending`: only the tasks still waiting (not those claimed meanwhile)."""
         rows = await self.sql(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks' "
             "AND column_name NOT IN ('id', 'project_id', 'idempotency_key') ORDER BY ordinal_position"
@@ -556,10 +612,11 @@ class Bench:
         columns = ", ".join(f'"{r["column_name"]}"' for r in rows)
         await self.sql(
             f"INSERT INTO tasks (project_id, {columns}) SELECT $1, {columns} FROM tasks "  # noqa: S608 (column names)
-            f"WHERE project_id = $2 ORDER BY id LIMIT $3",
+            f"WHERE project_id = $2 {'AND status = $4' if pending else ''} ORDER BY id LIMIT $3",
             target,
             source,
             limit,
+            *(["PENDING"] if pending else []),
         )
 
     async def wait_sequenced(self, timeout: float = 300) -> None:
@@ -637,14 +694,12 @@ class Bench:
             "SELECT id FROM tasks WHERE project_id = $1 ORDER BY random() LIMIT $2", self.projects["b1"], s.b7_ids
         )
         ids = [r["id"] for r in rows]
-        service = self.measure_wrk(
-            "B7",
+        self.loads["B7"] = (
             "`{ task(id) { id status } }`",
-            self.server.url,
-            "/graphql",
             [json.dumps({"query": TASK, "variables": {"id": str(i)}}) for i in ids],
-            service=True,
+            {},
         )
+        service = self.measure_service("B7")
         raw = self.measure_wrk(
             "B7",
             "raw Starlette + asyncpg SELECT",
@@ -656,15 +711,12 @@ class Bench:
         self.pair(service, raw, TARGETS["B7"])
 
     async def b2(self) -> None:
-        assert self.server is not None
-        service = self.measure_wrk(
-            "B2",
+        self.loads["B2"] = (
             f"heartbeat, {len(self.b2_agents)} agents",
-            self.server.url,
-            "/graphql",
             [json.dumps({"query": HEARTBEAT, "variables": {"a": a}}) for a in self.b2_agents],
-            service=True,
+            {},
         )
+        service = self.measure_service("B2")
         raw = self.measure_wrk(
             "B2",
             "raw Starlette + asyncpg UPDATE",
@@ -695,21 +747,95 @@ class Bench:
         s = self.sizes
         assert self.server is not None
         project = str(self.projects["b1"])
-        service = self.measure_wrk(
-            "B1",
+        self.loads["B1"] = (
             f"claimNextTask, {len(self.b1_agents)} agents, {s.b1_tasks:,} ready",
-            self.server.url,
-            "/graphql",
             [json.dumps({"query": CLAIM_NEXT, "variables": {"a": a, "p": project}}) for a in self.b1_agents],
-            service=True,
-            null_marker='"claimNextTask":null',
+            {"null_marker": '"claimNextTask":null'},
         )
-        if service.extra["wrk"]["nulls"]:
-            service.notes = (service.notes + "; " if service.notes else "") + "ran out of ready tasks"
+        lag = await self.lag_subscriber()
+        try:
+            service = self.measure_service("B1")
+            lag_row = await self.lag_row(lag)
+        finally:
+            if lag.poll() is None:
+                lag.kill()
+                lag.wait(5)
         assigned = await self.sql(
             "SELECT count(*) FROM tasks WHERE project_id = $1 AND status = 'ASSIGNED'", self.projects["b1"]
         )
         service.extra["assigned_in_db"] = assigned[0][0]
+        self.b1_rows(service)
+        self.rows.append(lag_row)
+
+    def measure_service(self, bench: str) -> Row:
+        assert self.server is not None
+        what, bodies, kw = self.loads[bench]
+        return self.measure_wrk(bench, what, self.server.url, "/graphql", bodies, service=True, **kw)
+
+    async def lag_subscriber(self) -> subprocess.Popen[str]:
+        """A taskEvents subscriber (raw_clients.py lag) from the newest event on, ready."""
+        assert self.server is not None
+        self.lag_after = (await self.sql("SELECT coalesce(max(seq), 0) FROM task_events"))[0][0]
+        process = subprocess.Popen(  # noqa: ASYNC220 (starts at once)
+            [
+                sys.executable,
+                str(BENCH_DIR / "raw_clients.py"),
+                "lag",
+                "--url",
+                self.server.url,
+                "--after",
+                str(self.lag_after),
+                "--grace",
+                "60",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
+        if line.strip() != "READY":
+            process.kill()
+            raise RuntimeError(f"the lag subscriber did not start: {line!r} {process.communicate()[1][-1000:]}")
+        return process
+
+    async def lag_row(self, process: subprocess.Popen[str]) -> Row:
+        """The subscriber's lag over B1's claims, and the events it did not get."""
+        await self.wait_sequenced()
+        last = (await self.sql("SELECT coalesce(max(seq), 0) FROM task_events"))[0][0]
+        assert process.stdin is not None
+        process.stdin.write(f"{last}\n")
+        process.stdin.flush()
+        out, err = await asyncio.to_thread(process.communicate, timeout=120)
+        if process.returncode != 0:
+            raise RuntimeError(f"the lag subscriber failed: {err[-2000:]}")
+        report = json.loads(out.strip().splitlines()[-1])
+        written = {
+            r["seq"]
+            for r in await self.sql("SELECT seq FROM task_events WHERE seq > $1 AND seq <= $2", self.lag_after, last)
+        }
+        got = report["ids"]
+        lost = len(written - set(got))
+        repeated = len(got) - len(set(got))
+        in_order = all(a < b for a, b in itertools.pairwise(got))
+        return Row(
+            "B1",
+            "taskEvents delivery lag during the claims above (1 subscriber)",
+            p50_ms=report["lag_p50_ms"],
+            p99_ms=report["lag_p99_ms"],
+            unit="",
+            ratio=f"lost {lost}, repeated {repeated}",
+            target="0 lost",
+            notes=f"{len(got):,} events, max {fmt(report['lag_max_ms'], '.0f')} ms"
+            + ("" if in_order else ", OUT OF ORDER"),
+            extra={"lag": {k: v for k, v in report.items() if k != "ids"}, "written": len(written)},
+        )
+
+    def b1_rows(self, service: Row) -> None:
+        s = self.sizes
+        if service.extra["wrk"]["nulls"]:
+            service.notes = (service.notes + "; " if service.notes else "") + "ran out of ready tasks"
         raw_report = self.run_client(
             "claim",
             "--dsn",
@@ -762,6 +888,128 @@ class Bench:
         )
         v1.ratio = f"service {service.rate / v1.rate:.1f}x" if v1.rate else "service ∞x"
         self.rows.append(v1)
+
+    async def w2(self) -> None:
+        """B7, B2 and B1 again with `serve --workers 2` (two processes for two cores), each
+        beside the one-process figure of this run; then one process again."""
+        one = {r.bench: r for r in reversed(self.rows) if r.server_cpu is not None and r.bench in self.loads}
+        await self.restart(2)
+        try:
+            for bench in ("B7", "B2", "B1"):
+                if bench not in one:
+                    continue
+                row = self.measure_service(bench)
+                row.what += ", serve --workers 2"
+                row.unit = one[bench].unit
+                row.ratio = f"{row.rate / one[bench].rate:.2f}x 1 process" if one[bench].rate and row.rate else ""
+                row.target = "scales with the cores"
+                self.rows.append(row)
+        finally:
+            await self.restart(1)
+
+    async def claim_series(self, agent: str, count: int) -> list[float]:
+        """Seconds of `count` claimNextTask calls (any project), one at a time, after a few
+        untimed ones."""
+        timings: list[float] = []
+        for i in range(max(count // 10, 2) + count):
+            t0 = time.perf_counter()
+            data = await self.gql(CLAIM_NEXT, a=agent, p=None)
+            elapsed = time.perf_counter() - t0
+            if data["claimNextTask"] is None:
+                raise RuntimeError("no ready task left to claim")
+            if i >= max(count // 10, 2):
+                timings.append(elapsed)
+        return sorted(timings)
+
+    async def b8(self) -> None:
+        """claimNextTask one at a time on the database as it is, then again once SQL copies
+        have grown it to b8_tasks tasks (ready ones, in another project)."""
+        s = self.sizes
+        (agent,) = await self.register("b8-agent", 1)
+        before_total = (await self.sql("SELECT count(*) FROM tasks"))[0][0]
+        before = await self.claim_series(agent, s.b8_claims)
+        filler = await self.project("b8-filler")
+        t0 = time.perf_counter()
+        total = before_total
+        while total < s.b8_tasks:
+            await self.copy_tasks(self.projects["b1"], filler, s.b8_tasks - total, pending=True)
+            total = (await self.sql("SELECT count(*) FROM tasks"))[0][0]
+        await self.sql("VACUUM (ANALYZE) tasks")
+        grown = time.perf_counter() - t0
+        after = await self.claim_series(agent, s.b8_claims)
+        p50_before, p50_after = percentile(before, 50) or 0, percentile(after, 50) or 0
+        self.rows.append(
+            Row(
+                "B8",
+                f"claimNextTask one at a time, {total:,} tasks, {s.b8_claims} claims",
+                p50_ms=1000 * p50_after,
+                p99_ms=1000 * (percentile(after, 99) or 0),
+                unit="",
+                ratio=f"{p50_after / p50_before:.2f}x (p50 {1000 * p50_before:.1f} ms at {before_total:,} tasks)",
+                target="p50 ≤ 2x the smaller database",
+                notes=f"grown by SQL in {grown:.0f} s",
+                extra={"before_ms": [1000 * t for t in before], "after_ms": [1000 * t for t in after]},
+            )
+        )
+
+    async def b9(self) -> None:
+        """The service's RSS over a soak at moderate load (raw_clients.py soak): it must not
+        grow. The first fifth of the soak is warm-up (caches filling); the RSS at the start
+        is the mean of the next tenth, the RSS at the end the mean of the last tenth."""
+        s = self.sizes
+        assert self.server is not None
+        assert self.monitor is not None
+        project = await self.project("soak")
+        await self.copy_tasks(self.projects["b1"], project, int(s.soak_rate * s.soak_seconds / 4) + 100, pending=True)
+        await self.register("soak-agent", SOAK_AGENTS)
+        before = self.server_sample()
+        t0 = time.time()
+        report = await asyncio.to_thread(
+            self.run_client,
+            "soak",
+            "--url",
+            self.server.url,
+            "--project",
+            str(project),
+            "--agents",
+            str(SOAK_AGENTS),
+            "--agent-prefix",
+            "soak-agent",
+            "--rate",
+            str(s.soak_rate),
+            "--subscribers",
+            str(SOAK_SUBSCRIBERS),
+            "--reconnect",
+            str(SOAK_RECONNECT),
+            "--duration",
+            str(s.soak_seconds),
+            seconds=s.soak_seconds,
+        )
+        t1 = time.time()
+        cpu, _ = self.server_usage(before)
+        samples = [(t, kb / 1024) for t, kb in self.monitor.samples if t0 <= t <= t1]
+        series = soak_series(samples, t0, t1)
+        passed = series["end_mb"] - series["start_mb"] <= max(SOAK_GROWTH_MB, SOAK_GROWTH_SHARE * series["start_mb"])
+        problems = f"; {report['errors']} failed operations" if report["errors"] else ""
+        self.rows.append(
+            Row(
+                "B9",
+                f"RSS soak: {s.soak_seconds / 60:g} min, {SOAK_AGENTS} agents' task cycles paced at {s.soak_rate:g} "
+                f"operations/s, {SOAK_SUBSCRIBERS} subscribers reconnecting every {SOAK_RECONNECT:g} s",
+                rate=report["rate"],
+                unit="ops/s",
+                p50_ms=report["p50_ms"],
+                p99_ms=report["p99_ms"],
+                server_cpu=cpu,
+                server_rss_mb=series["end_mb"],
+                gen_cpu=report["gen_cpu"],
+                ratio=f"RSS {series['start_mb']:.1f} → {series['end_mb']:.1f} MB "
+                f"({series['slope_mb_per_min']:+.2f} MB/min)",
+                target=TARGETS["B9"],
+                notes=("PASS" if passed else "FAIL") + problems,
+                extra={"soak": report, "rss": series},
+            )
+        )
 
     def pair(self, service: Row, baseline: Row, target: str) -> None:
         service.target = target
@@ -840,6 +1088,37 @@ class Bench:
         self.rows[-1].gen_cpu = 100 * (children_cpu() - cpu0) / wall  # the whole script: clients and its server
 
 
+def percentile(ordered: list[float], p: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def soak_series(samples: list[tuple[float, float]], t0: float, t1: float) -> dict[str, float]:
+    """RSS (MB) at the start and end of a soak, and its trend after the warm-up."""
+    span = t1 - t0
+    warm, window = t0 + 0.2 * span, 0.1 * span
+
+    def mean(lo: float, hi: float) -> float:
+        values = [mb for t, mb in samples if lo <= t <= hi]
+        return sum(values) / len(values) if values else float("nan")
+
+    steady = [(t, mb) for t, mb in samples if t >= warm]
+    slope = 0.0
+    if len(steady) >= 2:
+        mt = sum(t for t, _ in steady) / len(steady)
+        mm = sum(mb for _, mb in steady) / len(steady)
+        var = sum((t - mt) ** 2 for t, _ in steady)
+        slope = 60 * sum((t - mt) * (mb - mm) for t, mb in steady) / var if var else 0.0
+    return {
+        "start_mb": mean(warm, warm + window),
+        "end_mb": mean(t1 - window, t1),
+        "peak_mb": max((mb for _, mb in samples), default=float("nan")),
+        "slope_mb_per_min": slope,
+        "samples": len(samples),
+    }
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -901,7 +1180,7 @@ def results_md(bench: Bench, started: datetime, seconds: float) -> str:
 
 async def main_async(args: argparse.Namespace) -> int:
     sizes = QUICK if args.quick else FULL
-    only = set(args.only.lower().split(",")) if args.only else {"b1", "b2", "b3", "b4", "b5", "b6", "b7"}
+    only = set(args.only.lower().split(",")) if args.only else {*SERVICE_STEPS, "b3", "b4", "b6"}
     started = datetime.now(UTC)
     t0 = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench_all_"))
@@ -921,13 +1200,13 @@ async def main_async(args: argparse.Namespace) -> int:
         else []
     )
     try:
-        if only & {"b1", "b2", "b5", "b6", "b7"}:
+        if only & {*SERVICE_STEPS, "b6"}:
             await bench.step("start", bench.start(), fatal=True)
             if "b6" in only:
                 await bench.step("b6", bench.b6())
             await bench.step("seed", bench.seed(), fatal=True)
-            for name in ("b7", "b2", "b5", "b1"):
-                if name in only:
+            for name in SERVICE_STEPS:
+                if name in only and not (name == "w2" and args.workers > 1):
                     await bench.step(name, getattr(bench, name)())
     finally:
         await bench.step("stop", bench.stop())
@@ -960,7 +1239,7 @@ async def main_async(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 1.5 s runs: a smoke test of the harness")
-    parser.add_argument("--only", help="comma-separated: b1,b2,b3,b4,b5,b6,b7 (default all)")
+    parser.add_argument("--only", help="comma-separated: b1,b2,b3,b4,b5,b6,b7,b8,b9,w2 (default all)")
     parser.add_argument(
         "--server-env",
         action="append",

@@ -35,13 +35,21 @@ COLUMNS = [
 ]
 # bench id -> the rows it must have, by what their workload starts with
 EXPECTED = {
-    "B1": ["claimNextTask", "raw asyncpg SKIP LOCKED loop", "v1 workflow"],
-    "B2": ["heartbeat", "raw Starlette + asyncpg UPDATE"],
+    "B1": [
+        "claimNextTask",
+        "raw asyncpg SKIP LOCKED loop",
+        "v1 workflow",
+        "taskEvents delivery lag during the claims above",
+        "claimNextTask",  # serve --workers 2
+    ],
+    "B2": ["heartbeat", "raw Starlette + asyncpg UPDATE", "heartbeat"],
     "B3": ["taskEvents fan-out"],
     "B4": ["claimNextTask one at a time"],
     "B5": ["dashboardStats"],
     "B6": ["createTasks"],
-    "B7": ["`{ task(id) { id status } }`", "raw Starlette + asyncpg SELECT"],
+    "B7": ["`{ task(id) { id status } }`", "raw Starlette + asyncpg SELECT", "`{ task(id) { id status } }`"],
+    "B8": ["claimNextTask one at a time, 20,000 tasks"],
+    "B9": ["RSS soak"],
 }
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
@@ -110,6 +118,31 @@ async def test_quick_run_prints_every_benchmark_beside_its_baseline(tmp_path: Pa
         assert float(service["ratio"]) >= 0, service
         assert not service["notes"].startswith("failed"), service
     assert by_what[("B1", "v1 workflow: list pending")]["ratio"].startswith("service ")
+    # the subscriber during B1 got every event the claims wrote, once each, in order
+    lag = next(r for r in rows if r["workload"].startswith("taskEvents delivery lag"))
+    assert lag["ratio"] == "lost 0, repeated 0", lag
+    assert "OUT OF ORDER" not in lag["notes"], lag
+    assert int(lag["notes"].split()[0].replace(",", "")) > 0, lag
+    assert float(lag["p99 ms"]) >= float(lag["p50 ms"]) >= 0, lag
+    # B7, B2 and B1 again with two worker processes, each beside its one-process figure
+    for bench in ("B7", "B2", "B1"):
+        (two,) = [r for r in rows if r["bench"] == bench and r["workload"].endswith("serve --workers 2")]
+        assert two["ratio"].endswith("x 1 process"), two
+        assert float(two["ratio"].split("x")[0]) > 0, two
+        assert float(two["server CPU %"]) > 0, two
+    # claim latency on the database grown (to 20,000 tasks in a quick run) beside the smaller one
+    (b8,) = [r for r in rows if r["bench"] == "B8"]
+    assert float(b8["ratio"].split("x")[0]) > 0, b8
+    assert float(b8["p99 ms"]) >= float(b8["p50 ms"]) > 0, b8
+    # the soak ran whole task cycles without a failed operation and sampled the server's RSS
+    (soak,) = [r for r in rows if r["bench"] == "B9"]
+    assert soak["notes"] in ("PASS", "FAIL"), soak
+    assert soak["ratio"].startswith("RSS "), soak
+    assert float(soak["server RSS MB"]) > 0, soak
+    soak_report = next(r for r in json.loads(out_json.read_text())["rows"] if r["bench"] == "B9")["extra"]
+    assert soak_report["soak"]["operations"]["submit"] > 0, soak_report
+    assert soak_report["soak"]["events_received"] > 0, soak_report
+    assert soak_report["rss"]["samples"] > 5, soak_report
     for bench in ("B3", "B4"):
         row = next(r for r in rows if r["bench"] == bench)
         assert not row["notes"].startswith("failed"), row
