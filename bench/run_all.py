@@ -1249,7 +1249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, --quick 1.5)")
     parser.add_argument("--workers", type=int, default=1, help="`serve --workers N` for B1, B2, B5-B7 (default 1)")
-    parser.add_argument("--b1-tasks", type=int, help="ready tasks for B1 (default 40,000; --quick 2,000)")
+    parser.add_argument("--b1-tasks", type=int, help="ready tasks for B1 (default 40,000; --quick 1,000)")
+    parser.add_argument("--soak-seconds", type=float, help="B9's soak (default 600; --quick 12)")
     parser.add_argument("--b3", action="append", default=[], metavar="ARG", help="extra argument for b3_fanout.py")
     parser.add_argument(
         "--b4", action="append", default=[], metavar="ARG", help="extra argument for b4_claim_backlog.py"
@@ -1271,6 +1272,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.b1_tasks:
         QUICK.b1_tasks = FULL.b1_tasks = args.b1_tasks
+    if args.soak_seconds:
+        QUICK.soak_seconds = FULL.soak_seconds = args.soak_seconds
     if args.duration:
         QUICK.duration = FULL.duration = args.duration
         FULL.v1_duration = args.duration
