@@ -404,10 +404,13 @@ class Bench:
             await drop_pg_database(self.args.pg_admin_dsn, self.db_name)
 
     def note_log(self, server: Server) -> None:
+        """Count the server log's errors and keep the lines around each (the first ten)."""
         problems = server.log_problems()
         self.log_problems += problems
         if problems:
-            self.log_tails.append(server.log_tail(30))
+            lines = server.log_path.read_text(errors="replace").splitlines()
+            marks = [i for i, line in enumerate(lines) if "Traceback" in line or " ERROR " in line or "ERROR:" in line]
+            self.log_tails.extend("\n".join(lines[max(i - 2, 0) : i + 25]) for i in marks[:10])
 
     async def restart(self, workers: int) -> None:
         """The service again, on the same database, as `serve --workers N`."""
