@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from functools import cache
@@ -33,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
@@ -49,6 +51,8 @@ from ..resolvers.context import Context
 from ..services import Services
 from ..settings import Settings
 from .shared_results import shared_payloads
+
+log = logging.getLogger(__name__)
 
 # The static dashboard and GraphiQL's page, with their vendored libraries (web/vendor/).
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -161,6 +165,16 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             except Exception:  # the socket is gone; shutdown() follows
                 return
 
+    async def handle_task_exception(self, error: Exception) -> None:
+        """Strawberry logs an operation task's exception as an error with its traceback. A
+        subscriber that went away while its next event was being sent is not one: the
+        connection is gone and its operations end with it (a debug line, no traceback).
+        Anything else is still logged as Strawberry does."""
+        if isinstance(error, WebSocketDisconnected):
+            log.debug("a subscriber disconnected while an event was being sent to it")
+            return
+        await super().handle_task_exception(error)
+
     async def shutdown(self) -> None:
         task, self._keep_alive_task = self._keep_alive_task, None
         if task is not None:
@@ -183,6 +197,17 @@ class InitTimeoutWSHandler(BaseGraphQLWSHandler[Context, None]):
             deadline.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await deadline
+
+    async def handle_async_results(
+        self, operation_id: str, query: str, operation_name: str | None, variables: dict[str, object] | None
+    ) -> None:
+        """Strawberry's, except that a subscriber gone while an event was being sent ends the
+        operation quietly (a debug line), as on graphql-transport-ws, instead of leaving an
+        exception in a task nobody awaits (asyncio logs those as errors)."""
+        try:
+            await super().handle_async_results(operation_id, query, operation_name, variables)
+        except WebSocketDisconnected:
+            log.debug("a subscriber disconnected while an event was being sent to it")
 
     async def _close_unless_initialised(self) -> None:
         await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
