@@ -70,6 +70,7 @@ from b3_fanout import (
     git_state,
     graphql,
     launch_server,
+    percentile,
     run_migrations,
     wait_healthy,
 )
@@ -914,13 +915,14 @@ class Bench:
         """Seconds of `count` claimNextTask calls (any project), one at a time, after a few
         untimed ones."""
         timings: list[float] = []
-        for i in range(max(count // 10, 2) + count):
+        untimed = max(count // 10, 2)
+        for i in range(untimed + count):
             t0 = time.perf_counter()
             data = await self.gql(CLAIM_NEXT, a=agent, p=None)
             elapsed = time.perf_counter() - t0
             if data["claimNextTask"] is None:
                 raise RuntimeError("no ready task left to claim")
-            if i >= max(count // 10, 2):
+            if i >= untimed:
                 timings.append(elapsed)
         return sorted(timings)
 
@@ -1089,12 +1091,6 @@ class Bench:
                 )
             )
         self.rows[-1].gen_cpu = 100 * (children_cpu() - cpu0) / wall  # the whole script: clients and its server
-
-
-def percentile(ordered: list[float], p: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 def soak_series(samples: list[tuple[float, float]], t0: float, t1: float) -> dict[str, float]:

@@ -5,7 +5,6 @@ with AUTO_MIGRATE); concurrent migrations take turns."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import asyncpg
@@ -14,13 +13,12 @@ import pytest
 
 from tests.e2e.conftest import free_port
 from tests.ops.helpers import (
-    clean_env,
     empty_pg_database,
     health,
     libpq,
     one_line,
     run_cli,
-    script,
+    serving,
     start_answering_server,
     wait_for,
 )
@@ -111,23 +109,8 @@ class TestNotMigrated:
             assert "revision 9999" in one_line(result.stderr)
 
     async def test_auto_migrate_migrates_then_serves(self, tmp_path: Path) -> None:
-        async with empty_pg_database() as url:
-            port = free_port()
-            server = await asyncio.create_subprocess_exec(
-                script(),
-                "serve",
-                "--port",
-                str(port),
-                cwd=tmp_path,
-                env=clean_env(DATABASE_URL=url, AUTO_MIGRATE="true"),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                await wait_for(lambda: _healthy(port), what="the auto-migrated server's /health 200")
-            finally:
-                server.terminate()
-                await server.wait()
+        async with empty_pg_database() as url, serving(url, tmp_path, AUTO_MIGRATE="true") as (port, _log):
+            await wait_for(lambda: _healthy(port), what="the auto-migrated server's /health 200")
 
 
 async def _healthy(port: int) -> bool:
