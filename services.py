@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,9 +12,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import QueuePool
 
+from .db import agents as db_agents
+from .db.base import M
+from .db.base import rows_by_ids as db_rows_by_ids
+from .db.driver import Driver
 from .db.effects import EffectSession
 from .db.health import service_counts
 from .db.lifecycle import Policy
+from .db.models import Agent
 from .db.session import READ_ONLY, Sessionmaker, create_engine, create_sessionmaker
 from .db.stats import DashboardCounts, dashboard_counts
 from .events.bus import EventBus
@@ -56,6 +61,9 @@ class Services:
     # transaction (db/session.py): a snapshot read that neither waits for the writer nor
     # makes it wait.
     read_sessionmaker: Sessionmaker = field(init=False)
+    # The hot statements on asyncpg's own connection (db/driver.py); None on SQLite, which
+    # runs the session path.
+    driver: Driver | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
@@ -64,6 +72,7 @@ class Services:
             if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
+        self.driver = None if self.is_sqlite else Driver(self.engine)
         self.policy = Policy(
             lease_seconds=self.settings.lease,
             backoff_seconds=self.settings.retry_backoff_seconds,
@@ -158,6 +167,27 @@ class Services:
         else:
             snapshot.database_up = True
         return snapshot
+
+    async def rows_by_ids(self, model: type[M], ids: Sequence[int]) -> dict[int, M]:
+        """Rows of a model (Task, Agent or Project) by id, deleted ones included: what the
+        DataLoaders batch. On the driver connection on PostgreSQL (db/driver.py)."""
+        if self.driver is not None:
+            return await self.driver.rows_by_ids(model, ids)
+        async with self.read() as session:
+            return await db_rows_by_ids(session, model, ids)
+
+    async def heartbeat(self, name: str) -> Agent:
+        """The agent called `name` sends a heartbeat (db/agents.py's `touch`): its leases
+        renewed, its status and heartbeat time set; its presence change published."""
+        lease_seconds = self.policy.lease_seconds
+        if self.driver is not None:
+            agent, effects = await self.driver.heartbeat(name, lease_seconds=lease_seconds)
+            await self.publisher.after_commit(effects)
+            return agent
+        async with self.transaction() as session:
+            agent = await db_agents.require_agent(session, name, lock=True)
+            await db_agents.touch(session, agent, lease_seconds=lease_seconds)
+        return agent
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

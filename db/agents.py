@@ -65,11 +65,6 @@ async def lock_agent_by_id(session: AsyncSession, agent_id: int, *, skip_locked:
     return await session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update(skip_locked=skip_locked))
 
 
-async def agents_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Agent]:
-    rows = await session.scalars(select(Agent).where(Agent.id.in_(ids)))
-    return {row.id: row for row in rows}
-
-
 async def list_agents(
     session: AsyncSession,
     *,

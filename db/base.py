@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -71,3 +72,17 @@ async def insert_ignore(session: Any, model: type[Base], values: dict[str, Any])
     insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
     result = await session.execute(insert(model).values(**values).on_conflict_do_nothing())
     return bool(result.rowcount)
+
+
+M = TypeVar("M", bound=Base)
+
+
+async def rows_by_ids(session: AsyncSession, model: type[M], ids: Sequence[int]) -> dict[int, M]:
+    """The rows of `model` (a table whose primary key is `id`) with these ids, deleted ones
+    included, by id. db/driver.py has the same read on PostgreSQL's driver connection."""
+    found: dict[int, M] = {}
+    for row in await session.scalars(select(model).where(model.__table__.c.id.in_(ids))):
+        identity = inspect(row).identity
+        assert identity is not None  # a loaded row has its primary key
+        found[identity[0]] = row
+    return found

@@ -44,11 +44,6 @@ async def project_creator(session: AsyncSession, project_id: int) -> str | None:
     return found[0]
 
 
-async def projects_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Project]:
-    rows = await session.scalars(select(Project).where(Project.id.in_(ids)))
-    return {row.id: row for row in rows}
-
-
 async def list_projects(
     session: AsyncSession, *, status: str | None = None, include_deleted: bool = False
 ) -> Sequence[Project]:

@@ -15,7 +15,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from ..errors import BadInput, LimitReached, NotFound
 from .agents import active_task_count, refresh_status, require_agent
-from .base import insert_ignore, utcnow
+from .base import insert_ignore, rows_by_ids, utcnow
 from .enums import ACTIVE_STATUSES, HELD_STATUSES, TaskEventType, TaskStatus
 from .events import record_event, record_events
 from .models import Agent, Project, SkillSet, Task, TaskDependency, TaskTypeDefault
@@ -97,11 +97,6 @@ async def task_creator(session: AsyncSession, task_id: int) -> str | None:
     return found[0]
 
 
-async def tasks_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Task]:
-    rows = await session.scalars(select(Task).where(Task.id.in_(ids)))
-    return {row.id: row for row in rows}
-
-
 async def lock_task(session: AsyncSession, task_id: int, *, skip_locked: bool = False) -> Task | None:
     """The task locked FOR UPDATE (deleted or not), or None when it no longer exists (or,
     with `skip_locked`, when another transaction holds it: no wait)."""
@@ -136,7 +131,7 @@ async def insert_tasks(
     existing_ids = {i for item in items for i in item.depends_on} | {
         item.parent_id for item in items if item.parent_id is not None
     }
-    existing = await tasks_by_ids(session, sorted(existing_ids)) if existing_ids else {}
+    existing = await rows_by_ids(session, Task, sorted(existing_ids)) if existing_ids else {}
     for task_id in existing_ids:
         row = existing.get(task_id)
         if row is None or row.deleted_at is not None:

@@ -62,10 +62,7 @@ class AgentMutation:
     @strawberry.mutation(description="Renews the leases of the agent's tasks.")
     async def heartbeat(self, info: Info, agent: str | None = None) -> Agent:
         name = info.context.caller.acting_agent(agent)
-        async with info.context.services.transaction() as session:
-            row = await db_agents.require_agent(session, name, lock=True)
-            await db_agents.touch(session, row, lease_seconds=info.context.services.policy.lease_seconds)
-        return Agent.from_row(row)
+        return Agent.from_row(await info.context.services.heartbeat(name))
 
     @strawberry.mutation(description="Its active tasks return to PENDING; hard: true erases the agent.")
     async def unregister_agent(self, info: Info, name: str, hard: bool | None = False) -> bool:

@@ -14,6 +14,7 @@ from ..db import dependencies as db_dependencies
 from ..db import events as db_events
 from ..db import projects as db_projects
 from ..db import tasks as db_tasks
+from ..db.base import M
 from ..db.models import Agent, Project, Task, TaskEvent
 from ..services import Services
 
@@ -32,15 +33,15 @@ class Loaders:
     # pays for one DataLoader, not nine.
     @cached_property
     def project(self) -> DataLoader[int, Project | None]:
-        return self._rows(db_projects.projects_by_ids)
+        return self._rows(Project)
 
     @cached_property
     def agent(self) -> DataLoader[int, Agent | None]:
-        return self._rows(db_agents.agents_by_ids)
+        return self._rows(Agent)
 
     @cached_property
     def task(self) -> DataLoader[int, Task | None]:
-        return self._rows(db_tasks.tasks_by_ids)
+        return self._rows(Task)
 
     @cached_property
     def dependencies(self) -> DataLoader[int, list[Task]]:
@@ -66,12 +67,12 @@ class Loaders:
     def events(self) -> DataLoader[tuple[int, int], list[TaskEvent]]:
         return DataLoader(self._events, cache=self._cache)
 
-    def _rows(self, fetch: Fetch[V]) -> DataLoader[int, V | None]:
-        """Rows by id: None for an id without one."""
+    def _rows(self, model: type[M]) -> DataLoader[int, M | None]:
+        """Rows by id (Services.rows_by_ids: the driver's read on PostgreSQL): None for an
+        id without one."""
 
-        async def load(keys: list[int]) -> list[V | None]:
-            async with self._services.read() as session:
-                found = await fetch(session, keys)
+        async def load(keys: list[int]) -> list[M | None]:
+            found = await self._services.rows_by_ids(model, keys)
             return [found.get(key) for key in keys]
 
         return DataLoader(load, cache=self._cache)

@@ -1,13 +1,20 @@
-"""Counting the SQL statements a block of code sends (a SQLAlchemy engine event listener)."""
+"""Counting the SQL statements a block of code sends: SQLAlchemy's (an engine event listener)
+and those sent on asyncpg's own connection (db/driver.py: a query logger on each pooled
+connection while a counted task has it checked out)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event
+
+# What asyncpg sends by itself when a statement uses a type it has not seen on the
+# connection: its introspection query, and switching JIT off and back on around it.
+_ASYNCPG_OWN = re.compile(r"ORDER BY\s+depth DESC|set_config\('jit'")
 
 # The service's own background work, which may send statements while a counted block runs
 # (the sequencer polls every second): not the block's statements.
@@ -33,6 +40,20 @@ class StatementCounter:
         if not _in_background():
             self.statements.append(statement)
 
+    def on_checkout(self, _dbapi_connection: Any, _record: Any, proxy: Any) -> None:
+        driver = getattr(proxy, "driver_connection", None)
+        if hasattr(driver, "add_query_logger") and not _in_background():
+            driver.add_query_logger(self.on_driver_query)
+
+    def on_checkin(self, dbapi_connection: Any, _record: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if hasattr(driver, "remove_query_logger"):
+            driver.remove_query_logger(self.on_driver_query)
+
+    def on_driver_query(self, logged: Any) -> None:
+        if not _ASYNCPG_OWN.search(logged.query):  # asyncpg's type introspection, not the caller's
+            self.statements.append(logged.query)
+
     def __len__(self) -> int:
         return len(self.statements)
 
@@ -52,8 +73,13 @@ def count_statements(services: Any) -> Iterator[StatementCounter]:
     """Every statement `services`' engine sends while the block runs."""
     counter = StatementCounter()
     engine = services.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", counter)
+    hooks = [(engine, "before_cursor_execute", counter)]
+    if engine.dialect.name == "postgresql":
+        hooks += [(engine.pool, "checkout", counter.on_checkout), (engine.pool, "checkin", counter.on_checkin)]
+    for target, name, hook in hooks:
+        event.listen(target, name, hook)
     try:
         yield counter
     finally:
-        event.remove(engine, "before_cursor_execute", counter)
+        for target, name, hook in hooks:
+            event.remove(target, name, hook)

@@ -1,6 +1,7 @@
 """The hot mutations' round trips (issue 10): claimNextTask is two statements on PostgreSQL
 (lock the agent with its count and skill sets; claim with its event, counters and leases in
-one), a heartbeat three (lock, renew leases, set the agent's time and status). Each keeps the
+one), a heartbeat two on asyncpg's connection (lock; renew leases and set the agent's time
+and status in one), and a read of a task by id one. Each keeps the
 rules of the ORM path it replaces, checked here on both databases."""
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class TestHeartbeat:
         assert lease_after is not None
         assert lease_after > lease_before
         if backend == "postgresql":
-            assert len(work(counter)) == 3, work(counter)
+            assert len(work(counter)) == 2, work(counter)
 
     async def test_a_deleted_task_does_not_keep_its_agent_busy(self, gql, services):
         pid = await f.project(gql)
@@ -135,8 +136,9 @@ class TestHeartbeat:
 
 class TestReads:
     async def test_task_by_id_is_one_statement_without_a_transaction(self, gql, services, backend):
-        """A read sends its SELECT alone; on PostgreSQL on an autocommit connection, so without
-        a BEGIN before it and a ROLLBACK after (asyncpg sends those outside the cursor)."""
+        """A read sends its SELECT alone, without a BEGIN before it and a ROLLBACK after: on
+        PostgreSQL on asyncpg's own connection (db/driver.py); other reads there run on an
+        autocommit session."""
         pid = await f.project(gql)
         task = await f.task(gql, project_id=pid)
         with count_statements(services) as counter:

@@ -1,0 +1,179 @@
+"""db/driver.py: the hot reads and the heartbeat on asyncpg's own connection (PostgreSQL).
+
+The rows it makes must be the ORM's, value for value; its heartbeat must keep touch()'s
+rules under concurrency; its failures must look like the ORM's (a retryable error for a
+lost database, the SQLSTATE kept) and never put a broken connection back in the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from task_service.api.errors import _is_statement_timeout, _is_unavailable
+from task_service.db.base import Base, rows_by_ids
+from task_service.db.models import Agent, Project, Task
+from task_service.errors import NotFound
+from tests import factories as f
+from tests.conftest import wait_for_lock_waiter
+
+pytestmark = pytest.mark.postgres_only
+
+HEARTBEAT = 'mutation { heartbeat(agent: "a") { name status lastHeartbeatAt } }'
+
+
+def columns(row: Base) -> dict[str, object]:
+    return {prop.key: getattr(row, prop.key) for prop in type(row).__mapper__.column_attrs}
+
+
+class TestRows:
+    async def test_the_driver_rows_are_the_orm_rows(self, gql, services):
+        """Every column of a task (JSON, times, nulls, booleans, floats), an agent and a
+        project, as the driver read makes them and as the ORM loads them."""
+        pid = await f.project(gql, description="d")
+        await f.agent(gql, name="a", skills=["python"], capabilities={"gpu": True, "n": [1, 2]})
+        parent = await f.task(gql, project_id=pid)
+        task = await f.task(
+            gql,
+            project_id=pid,
+            parentId=parent["id"],
+            tags=["x", "y"],
+            requiredSkills=["python"],
+            estimatedHours=1.5,
+            dueAt="2030-01-02T03:04:05.123456+00:00",
+            requiresReview=False,
+        )
+        await f.claim(gql, task_id=task["id"], agent="a")
+        await gql.execute('mutation($id: ID!) { startTask(id: $id, agent: "a") { id } }', id=task["id"])
+        await gql.execute(
+            'mutation($id: ID!) { submitTask(id: $id, agent: "a", result: {ok: [1, "two", null]}, summary: "s") { id } }',
+            id=task["id"],
+        )
+        assert services.driver is not None
+        async with services.read() as session:
+            for model, ids in ((Task, [int(task["id"]), int(parent["id"])]), (Project, [int(pid)])):
+                orm = await rows_by_ids(session, model, ids)
+                driver = await services.driver.rows_by_ids(model, [*ids, 10**9])
+                assert sorted(driver) == sorted(ids)
+                for key in ids:
+                    assert columns(driver[key]) == columns(orm[key])
+            agent = await session.scalar(select(Agent).where(Agent.name == "a"))
+            assert agent is not None
+            assert columns((await services.driver.rows_by_ids(Agent, [agent.id]))[agent.id]) == columns(agent)
+        row = (await services.driver.rows_by_ids(Task, [int(task["id"])]))[int(task["id"])]
+        assert row.result == {"ok": [1, "two", None]}
+        assert row.due_at == datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+class TestHeartbeat:
+    async def test_a_heartbeat_waits_for_a_claim_in_flight_and_counts_its_task(self, gql, services):
+        """A claim holds the agent's lock while it assigns a task; a heartbeat that arrives
+        meanwhile waits, then must renew that task's lease and leave the agent BUSY. (One
+        statement that locked the agent inside its own snapshot would not see the task:
+        ONLINE, and the new task's lease not renewed.)"""
+        pid = await f.project(gql)
+        await f.agent(gql, name="a")
+        task = await f.task(gql, project_id=pid)
+        async with services.sessionmaker() as claim, claim.begin():
+            agent = await claim.scalar(select(Agent).where(Agent.name == "a").with_for_update())
+            assert agent is not None and agent.status == "ONLINE"
+            soon = datetime.now(UTC) + timedelta(seconds=5)
+            await claim.execute(
+                update(Task)
+                .where(Task.id == int(task["id"]))
+                .values(status="ASSIGNED", assignee_id=agent.id, lease_expires_at=soon)
+            )
+            beat = asyncio.create_task(gql.execute(HEARTBEAT))
+            await wait_for_lock_waiter(claim)
+            assert not beat.done()
+        assert (await beat)["heartbeat"]["status"] == "BUSY"
+        async with services.read() as session:
+            lease = await session.scalar(select(Task.lease_expires_at).where(Task.id == int(task["id"])))
+        assert lease is not None and lease > soon + timedelta(seconds=10)
+
+    async def test_a_presence_change_is_returned_only_when_the_status_changes(self, gql, services):
+        await f.agent(gql, name="a")
+        async with services.sessionmaker() as session, session.begin():
+            await session.execute(update(Agent).where(Agent.name == "a").values(status="OFFLINE"))
+        assert services.driver is not None
+        agent, effects = await services.driver.heartbeat("a", lease_seconds=60)
+        assert agent.status == "ONLINE"
+        assert [(c.name, c.previous, c.status) for c in effects.presence] == [("a", "OFFLINE", "ONLINE")]
+        _agent, effects = await services.driver.heartbeat("a", lease_seconds=60)
+        assert effects.presence == []
+
+    async def test_an_unknown_or_unregistered_agent_is_not_found(self, gql, services):
+        assert services.driver is not None
+        with pytest.raises(NotFound):
+            await services.driver.heartbeat("nobody", lease_seconds=60)
+        await f.agent(gql, name="gone")
+        await gql.execute('mutation { unregisterAgent(name: "gone") }')
+        with pytest.raises(NotFound):
+            await services.driver.heartbeat("gone", lease_seconds=60)
+        # Neither left its connection (or its lock) behind.
+        assert services.engine.pool.checkedout() == 0
+        assert (await gql.error('mutation { heartbeat(agent: "gone") { id } }')).code == "NOT_FOUND"
+
+
+class TestFailures:
+    async def test_a_statement_timeout_keeps_its_sqlstate_and_its_connection(self, services):
+        driver = services.driver
+        assert driver is not None
+        with pytest.raises(DBAPIError) as raised:
+            async with driver.connection() as conn:
+                await conn.execute("SET statement_timeout = 50")
+                try:
+                    await conn.execute("SELECT pg_sleep(2)")
+                finally:
+                    await conn.execute("RESET statement_timeout")
+        assert _is_statement_timeout(raised.value)
+        assert not _is_unavailable(raised.value)
+        assert services.engine.pool.checkedout() == 0
+
+    async def test_a_connection_killed_under_a_read_is_a_retryable_error_and_is_not_reused(self, gql, services):
+        driver = services.driver
+        assert driver is not None
+        async with driver.connection() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        admin = await asyncpg.connect(services.settings.database_url.replace("+asyncpg", ""))
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        # The pool hands out that (idle, just returned) connection again: the read fails
+        # with a retryable error and the dead connection leaves the pool.
+        with pytest.raises(OperationalError) as raised:
+            async with driver.connection() as conn:
+                assert await conn.fetchval("SELECT pg_backend_pid()") == pid
+        assert _is_unavailable(raised.value)
+        async with driver.connection() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != pid
+        pid_task = await f.task(gql, project_id=await f.project(gql))
+        assert (await gql.execute("query($id: ID!) { task(id: $id) { id } }", id=pid_task["id"]))["task"]
+
+    async def test_a_cancelled_statement_does_not_return_its_connection_to_the_pool(self, services):
+        driver = services.driver
+        assert driver is not None
+        pids: list[int] = []
+
+        async def slow() -> None:
+            async with driver.connection() as conn:
+                pids.append(await conn.fetchval("SELECT pg_backend_pid()"))
+                await conn.execute("SELECT pg_sleep(5)")
+
+        waiting = asyncio.create_task(slow())
+        while not pids:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert services.engine.pool.checkedout() == 0
+        for _ in range(services.engine.pool.size() + 1):
+            async with driver.connection() as conn:
+                assert await conn.fetchval("SELECT pg_backend_pid()") != pids[0]
