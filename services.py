@@ -13,13 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import QueuePool
 
 from .db import agents as db_agents
+from .db import lifecycle as db_lifecycle
 from .db.base import M
 from .db.base import rows_by_ids as db_rows_by_ids
 from .db.driver import Driver
 from .db.effects import EffectSession
 from .db.health import service_counts
 from .db.lifecycle import Policy
-from .db.models import Agent
+from .db.models import Agent, Task
 from .db.session import READ_ONLY, Sessionmaker, create_engine, create_sessionmaker
 from .db.stats import DashboardCounts, dashboard_counts
 from .events.bus import EventBus
@@ -188,6 +189,20 @@ class Services:
             agent = await db_agents.require_agent(session, name, lock=True)
             await db_agents.touch(session, agent, lease_seconds=lease_seconds)
         return agent
+
+    async def claim_next(
+        self, name: str, *, project_id: int | None = None, tags: list[str] | None = None
+    ) -> Task | None:
+        """claimNextTask for the agent called `name`: the best ready task it may take, or
+        None. On PostgreSQL two statements on the driver connection (db/driver.py), on
+        SQLite the ORM path (db/lifecycle.py's claim_next), with the same rules."""
+        if self.driver is not None:
+            task, effects = await self.driver.claim_next(name, self.policy, project_id=project_id, tags=tags)
+            await self.publisher.after_commit(effects)
+            return task
+        async with self.transaction() as session:
+            agent = await db_agents.require_agent(session, name, lock=True)
+            return await db_lifecycle.claim_next(session, agent, self.policy, project_id=project_id, tags=tags)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

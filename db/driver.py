@@ -27,10 +27,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import instrumentation
 
-from ..errors import NotFound
+from ..errors import LimitReached, NotFound
 from .base import Base, utcnow
-from .effects import Effects, PresenceChange
-from .enums import ACTIVE_STATUSES, AgentStatus
+from .effects import Effects, PresenceChange, WrittenEvent
+from .enums import ACTIVE_STATUSES, AgentStatus, TaskEventType
+from .lifecycle import Policy
 from .models import Agent, Project, Task
 
 M = TypeVar("M", bound=Base)
@@ -48,6 +49,49 @@ _TOUCH = (
     " UPDATE agents SET last_heartbeat_at = $4,"
     " status = CASE WHEN EXISTS (SELECT 1 FROM renewed WHERE deleted_at IS NULL) THEN $5 ELSE $6 END"
     " WHERE id = $1 RETURNING {columns}"
+)
+
+
+# claimNextTask, statement 1: lock the agent; count its active tasks; the skill sets it has.
+# $1 the agent's name, $2 the active statuses.
+_LOCK_FOR_CLAIM = (
+    "SELECT {columns},"
+    " (SELECT count(*) FROM tasks WHERE tasks.assignee_id = agents.id AND tasks.status = ANY($2::varchar[])"
+    " AND tasks.deleted_at IS NULL) AS active,"
+    " ARRAY(SELECT skill_sets.id FROM skill_sets"
+    " WHERE skill_sets.skills <@ coalesce(agents.skills, '[]'::jsonb)) AS skill_sets"
+    " FROM agents WHERE agents.name = $1 FOR UPDATE OF agents"
+)
+# The best claimable task of skill set s.set_id, `{when}` ready now or scheduled and due,
+# locked unless another claimer holds it (docs/ARCHITECTURE.md, "Claiming").
+_BEST_OF_SET = (
+    "SELECT t.id, t.priority, t.due_at, t.created_at FROM tasks t"
+    " WHERE t.status = 'PENDING' AND t.unmet_dependencies = 0 AND t.deleted_at IS NULL AND {when}"
+    " AND t.skill_set_id = s.set_id"
+    " AND EXISTS (SELECT 1 FROM projects p WHERE p.id = t.project_id AND p.status = 'ACTIVE' AND p.deleted_at IS NULL)"
+    " AND ($6::bigint IS NULL OR t.project_id = $6) AND ($7::text[] IS NULL OR t.tags ?| $7)"
+    " ORDER BY t.priority DESC, t.due_at ASC NULLS LAST, t.created_at, t.id LIMIT 1 FOR UPDATE OF t SKIP LOCKED"
+)
+# claimNextTask, statement 2: claim the best of those and, only when one was claimed, log
+# its CLAIMED event, count the claim, mark the agent BUSY with a fresh heartbeat and renew
+# the leases of its other active tasks. $1 the agent, $2 now, $3 the new lease end, $4 the
+# skill sets, $5 the agent's name, $6 the project or NULL, $7 the tags (any of) or NULL,
+# $8 the active statuses.
+_CLAIM = (
+    "WITH picked AS (UPDATE tasks SET status = 'ASSIGNED', assignee_id = $1, attempt = tasks.attempt + 1,"
+    " assigned_at = $2, started_at = NULL, submitted_at = NULL, progress = NULL, progress_message = NULL,"
+    " lease_expires_at = $3, updated_at = $2"
+    " WHERE tasks.id = (SELECT c.id FROM unnest($4::bigint[]) AS s(set_id), LATERAL ("
+    " SELECT * FROM ({ready}) AS ready UNION ALL SELECT * FROM ({due}) AS due) AS c"
+    " ORDER BY c.priority DESC, c.due_at ASC NULLS LAST, c.created_at, c.id LIMIT 1)"
+    " RETURNING {columns}),"
+    " event AS (INSERT INTO task_events (task_id, project_id, type, from_status, to_status, actor, agent_id,"
+    " created_at) SELECT id, project_id, 'CLAIMED', 'PENDING', 'ASSIGNED', $5, assignee_id, $2 FROM picked),"
+    " counted AS (UPDATE agents SET claimed_count = agents.claimed_count + 1, last_heartbeat_at = $2,"
+    " status = 'BUSY' WHERE agents.id = $1 AND EXISTS (SELECT 1 FROM picked)),"
+    " renewed AS (UPDATE tasks SET lease_expires_at = $3 WHERE tasks.assignee_id = $1"
+    " AND tasks.status = ANY($8::varchar[]) AND EXISTS (SELECT 1 FROM picked))"
+    " SELECT * FROM picked"
 )
 
 
@@ -82,6 +126,12 @@ class Driver:
         # The lock above first, in its own statement: this one's snapshot is then taken after
         # any claim that held the agent has committed, so its task is renewed and counted.
         self._touch = _TOUCH.format(columns=agent.columns)
+        self._lock_for_claim = _LOCK_FOR_CLAIM.format(columns=agent.columns)
+        self._claim = _CLAIM.format(
+            ready=_BEST_OF_SET.format(when="t.available_at IS NULL"),
+            due=_BEST_OF_SET.format(when="t.available_at <= $2"),
+            columns=self.tables[Task].columns,
+        )
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -135,3 +185,35 @@ class Driver:
         if agent.status != locked["status"]:
             effects.presence.append(PresenceChange(agent.id, agent.name, locked["status"], agent.status, now))
         return agent, effects
+
+    async def claim_next(
+        self, name: str, policy: Policy, *, project_id: int | None = None, tags: list[str] | None = None
+    ) -> tuple[Task | None, Effects]:
+        """claimNextTask for the agent called `name`: lifecycle.claim_next's rules in two
+        statements (docs/ARCHITECTURE.md, "Claiming"). NotFound for an unknown or
+        unregistered agent, LimitReached when it holds its maxConcurrentTasks. The caller
+        publishes the Effects (the CLAIMED event; the agent turning BUSY)."""
+        now = utcnow()
+        async with self.connection() as conn, conn.transaction():
+            locked = await conn.fetchrow(self._lock_for_claim, name, _ACTIVE)
+            if locked is None or locked["deleted_at"] is not None:
+                raise NotFound(f"agent '{name}' is not registered (or was unregistered); call registerAgent first")
+            if locked["active"] >= locked["max_concurrent_tasks"]:
+                raise LimitReached(
+                    f"agent '{name}' already holds {locked['active']} active tasks (maxConcurrentTasks "
+                    f"{locked['max_concurrent_tasks']}); finish, submit or release one first"
+                )
+            if not locked["skill_sets"]:
+                return None, Effects()
+            lease = now + timedelta(seconds=policy.lease_seconds)
+            record = await conn.fetchrow(
+                self._claim, locked["id"], now, lease, locked["skill_sets"], name, project_id, tags or None, _ACTIVE
+            )
+        effects = Effects()
+        if record is None:
+            return None, effects
+        task: Task = self.tables[Task].instance(record)
+        effects.events.append(WrittenEvent(task.id, TaskEventType.CLAIMED.value))
+        if locked["status"] != _BUSY:
+            effects.presence.append(PresenceChange(locked["id"], name, locked["status"], _BUSY, now))
+        return task, effects

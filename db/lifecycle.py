@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, cast, exists, func, insert, literal, select, union_all, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import and_, exists, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import (
@@ -17,24 +16,20 @@ from ..errors import (
     Forbidden,
     InvalidTransition,
     LimitReached,
-    NotFound,
     StaleAttempt,
 )
 from .agents import (
     active_task_count,
     count_outcome,
     lock_agent_by_id,
-    note_presence,
     refresh_status,
-    require_agent,
     touch,
 )
-from .base import UTCDateTime, utcnow
+from .base import utcnow
 from .dependencies import unblock_dependents
-from .effects import PresenceChange, WrittenEvent, effects_of
-from .enums import ACTIVE_STATUSES, HELD_STATUSES, TERMINAL_STATUSES, AgentStatus, TaskEventType, TaskStatus
+from .enums import ACTIVE_STATUSES, HELD_STATUSES, TERMINAL_STATUSES, TaskEventType, TaskStatus
 from .events import record_event
-from .models import Agent, Project, SkillSet, Task, TaskEvent
+from .models import Agent, Project, SkillSet, Task
 from .tasks import claim_order, has_any_tag, require_task, unblocked_pending
 
 # claimNextTask's statement carries this name as an execution option, so that what observes
@@ -147,103 +142,6 @@ async def claim_next(
     _assign(task, agent, now, policy)
     record_event(session, task, TaskEventType.CLAIMED, from_status="PENDING", to_status="ASSIGNED", actor=agent.name)
     await touch(session, agent, lease_seconds=policy.lease_seconds)
-    return task
-
-
-async def claim_next_by_name(
-    session: AsyncSession,
-    name: str,
-    policy: Policy,
-    *,
-    project_id: int | None = None,
-    tags: list[str] | None = None,
-) -> Task | None:
-    """claimNextTask for the agent called `name`: the same rules as claim_next, in two
-    statements on PostgreSQL (the hot path; docs/ARCHITECTURE.md "Claiming").
-
-    1. Lock the agent, count its active tasks and find the skill sets it satisfies.
-    2. One statement claims the best task and, only when one was claimed, writes its
-       CLAIMED event, counts the claim on the agent, marks it BUSY, notes the heartbeat and
-       renews the leases of its other active tasks.
-    On SQLite the ORM path (claim_next) runs instead.
-    """
-    if session.get_bind().dialect.name != "postgresql":
-        agent = await require_agent(session, name, lock=True)
-        return await claim_next(session, agent, policy, project_id=project_id, tags=tags)
-    held = (
-        select(func.count())
-        .select_from(Task)
-        .where(Task.assignee_id == Agent.id, Task.status.in_(ACTIVE_STATUSES), Task.deleted_at.is_(None))
-        .scalar_subquery()
-    )
-    sets = func.array(
-        select(SkillSet.id)
-        .where(SkillSet.skills.op("<@")(func.coalesce(Agent.skills, cast("[]", JSONB))))
-        .scalar_subquery()
-    )
-    row = (await session.execute(select(Agent, held, sets).where(Agent.name == name).with_for_update(of=Agent))).first()
-    if row is None or row[0].deleted_at is not None:
-        raise NotFound(f"agent '{name}' is not registered (or was unregistered); call registerAgent first")
-    agent, active, skill_sets = row
-    if active >= agent.max_concurrent_tasks:
-        raise LimitReached(
-            f"agent '{agent.name}' already holds {active} active tasks (maxConcurrentTasks "
-            f"{agent.max_concurrent_tasks}); finish, submit or release one first"
-        )
-    if not skill_sets:
-        return None
-    now = utcnow()
-    lease = now + timedelta(seconds=policy.lease_seconds)
-    picked = (
-        update(Task)
-        .where(Task.id == _candidates(list(skill_sets), now, project_id=project_id, tags=tags))
-        .values(
-            status=TaskStatus.ASSIGNED.value,
-            assignee_id=agent.id,
-            attempt=Task.attempt + 1,
-            assigned_at=now,
-            started_at=None,
-            submitted_at=None,
-            progress=None,
-            progress_message=None,
-            lease_expires_at=lease,
-            updated_at=now,
-        )
-        .returning(*Task.__table__.c)
-        .cte("picked")
-    )
-    claimed = exists(select(picked.c.id))
-    event = insert(TaskEvent).from_select(
-        ["task_id", "project_id", "type", "from_status", "to_status", "actor", "agent_id", "created_at"],
-        select(
-            picked.c.id,
-            picked.c.project_id,
-            literal(TaskEventType.CLAIMED.value),
-            literal(TaskStatus.PENDING.value),
-            literal(TaskStatus.ASSIGNED.value),
-            literal(agent.name),
-            picked.c.assignee_id,
-            literal(now, UTCDateTime),
-        ),
-    )
-    counted = (
-        update(Agent)
-        .where(Agent.id == agent.id, claimed)
-        .values(claimed_count=Agent.claimed_count + 1, last_heartbeat_at=now, status=AgentStatus.BUSY.value)
-    )
-    renewed = (
-        update(Task)
-        .where(Task.assignee_id == agent.id, Task.status.in_(ACTIVE_STATUSES), claimed)
-        .values(lease_expires_at=lease)
-    )
-    query = select(picked).add_cte(event.cte("event"), counted.cte("counted"), renewed.cte("renewed"))
-    statement = select(Task).from_statement(query).execution_options(statement_name=CLAIM_NEXT)
-    task: Task | None = (await session.scalars(statement)).first()
-    if task is None:
-        return None
-    effects_of(session).events.append(WrittenEvent(task.id, TaskEventType.CLAIMED.value))
-    if agent.status != AgentStatus.BUSY.value:
-        note_presence(session, PresenceChange(agent.id, agent.name, agent.status, AgentStatus.BUSY.value, now))
     return task
 
 

@@ -99,8 +99,7 @@ class LifecycleMutation:
         name = info.context.caller.acting_agent(agent)
         pid = validate.optional_id(project_id, "projectId")
         labels = validate.labels(tags, "tags")
-        async with info.context.services.transaction() as session:
-            row = await db_lifecycle.claim_next_by_name(session, name, policy(info), project_id=pid, tags=labels)
+        row = await info.context.services.claim_next(name, project_id=pid, tags=labels)
         metrics = info.context.services.metrics
         if row is None:
             metrics.claims_empty.inc()

@@ -35,6 +35,7 @@ class StatementCounter:
 
     def __init__(self) -> None:
         self.statements: list[str] = []
+        self.driver_queries: list[tuple[str, tuple[Any, ...]]] = []  # db/driver.py's, with their arguments
 
     def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if not _in_background():
@@ -53,6 +54,7 @@ class StatementCounter:
     def on_driver_query(self, logged: Any) -> None:
         if not _ASYNCPG_OWN.search(logged.query):  # asyncpg's type introspection, not the caller's
             self.statements.append(logged.query)
+            self.driver_queries.append((logged.query, tuple(logged.args)))
 
     def __len__(self) -> int:
         return len(self.statements)

@@ -3,17 +3,15 @@ blocked, scheduled or meant for other skills: checked on PostgreSQL's own EXPLAI
 
 from __future__ import annotations
 
-import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event
 
-from task_service.db.lifecycle import CLAIM_NEXT
 from tests import factories as f
+from tests.statements import count_statements
 
 
 async def create_many(gql: Any, project_id: str, count: int, **item: Any) -> None:
@@ -24,22 +22,6 @@ async def create_many(gql: Any, project_id: str, count: int, **item: Any) -> Non
             p=project_id,
             t=batch,
         )
-
-
-@contextlib.contextmanager
-def captured_claims(services: Any):
-    seen: list[tuple[str, Any]] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        if context.execution_options.get("statement_name") == CLAIM_NEXT:
-            seen.append((statement, parameters))
-
-    engine = services.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
 
 
 def largest_row_count(plan: dict[str, Any]) -> tuple[int, str]:
@@ -68,8 +50,10 @@ class TestClaimPlan:
         for _ in range(3):
             await f.task(gql, project_id=pid, dependsOn=[first["id"]], priority=10)  # blocked
         await f.agent(gql, name="py", skills=["python"])
-        with captured_claims(gql.services) as claims:
+        with count_statements(gql.services) as counter:
             data = await gql.execute('mutation { claimNextTask(agent: "py") { id requiredSkills } }')
+        # The claim (db/driver.py's second statement), with the arguments it was sent with.
+        claims = [(query, args) for query, args in counter.driver_queries if query.startswith("WITH picked")]
         assert data["claimNextTask"] is not None
         query = "query($id: ID!) { task(id: $id) { priority availableAt } }"
         claimed = await gql.execute(query, id=data["claimNextTask"]["id"])

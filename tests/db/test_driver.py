@@ -51,7 +51,8 @@ class TestRows:
         await f.claim(gql, task_id=task["id"], agent="a")
         await gql.execute('mutation($id: ID!) { startTask(id: $id, agent: "a") { id } }', id=task["id"])
         await gql.execute(
-            'mutation($id: ID!) { submitTask(id: $id, agent: "a", result: {ok: [1, "two", null]}, summary: "s") { id } }',
+            'mutation($id: ID!) { submitTask(id: $id, agent: "a", result: {ok: [1, "two", null]}, summary: "s") '
+            "{ id } }",
             id=task["id"],
         )
         assert services.driver is not None
@@ -81,7 +82,8 @@ class TestHeartbeat:
         task = await f.task(gql, project_id=pid)
         async with services.sessionmaker() as claim, claim.begin():
             agent = await claim.scalar(select(Agent).where(Agent.name == "a").with_for_update())
-            assert agent is not None and agent.status == "ONLINE"
+            assert agent is not None
+            assert agent.status == "ONLINE"
             soon = datetime.now(UTC) + timedelta(seconds=5)
             await claim.execute(
                 update(Task)
@@ -94,7 +96,8 @@ class TestHeartbeat:
         assert (await beat)["heartbeat"]["status"] == "BUSY"
         async with services.read() as session:
             lease = await session.scalar(select(Task.lease_expires_at).where(Task.id == int(task["id"])))
-        assert lease is not None and lease > soon + timedelta(seconds=10)
+        assert lease is not None
+        assert lease > soon + timedelta(seconds=10)
 
     async def test_a_presence_change_is_returned_only_when_the_status_changes(self, gql, services):
         await f.agent(gql, name="a")
@@ -124,13 +127,17 @@ class TestFailures:
     async def test_a_statement_timeout_keeps_its_sqlstate_and_its_connection(self, services):
         driver = services.driver
         assert driver is not None
-        with pytest.raises(DBAPIError) as raised:
+
+        async def sleep_past_the_timeout() -> None:
             async with driver.connection() as conn:
                 await conn.execute("SET statement_timeout = 50")
                 try:
                     await conn.execute("SELECT pg_sleep(2)")
                 finally:
                     await conn.execute("RESET statement_timeout")
+
+        with pytest.raises(DBAPIError) as raised:
+            await sleep_past_the_timeout()
         assert _is_statement_timeout(raised.value)
         assert not _is_unavailable(raised.value)
         assert services.engine.pool.checkedout() == 0
@@ -160,15 +167,16 @@ class TestFailures:
         driver = services.driver
         assert driver is not None
         pids: list[int] = []
+        started = asyncio.Event()
 
         async def slow() -> None:
             async with driver.connection() as conn:
                 pids.append(await conn.fetchval("SELECT pg_backend_pid()"))
+                started.set()
                 await conn.execute("SELECT pg_sleep(5)")
 
         waiting = asyncio.create_task(slow())
-        while not pids:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(started.wait(), 30)
         await asyncio.sleep(0.2)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
