@@ -120,6 +120,7 @@ class Driver:
 
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        self._dbapi_error: Any = engine.dialect.loaded_dbapi.Error  # the driver adapter's PEP 249 base
         self.tables: dict[type[Base], _Table] = {model: _Table(model) for model in (Task, Agent, Project)}
         agent = self.tables[Agent]
         self._lock_agent = f"SELECT {agent.columns} FROM agents WHERE name = $1 FOR UPDATE"  # noqa: S608
@@ -137,7 +138,15 @@ class Driver:
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """An asyncpg connection from the engine's pool, returned when the block ends; closed
         instead when a statement failed on the connection or was interrupted."""
-        proxied = await self.engine.raw_connection()
+        try:
+            proxied = await self.engine.raw_connection()
+        except self._dbapi_error as exc:
+            # What SQLAlchemy's Connection raises for a failed checkout (a refused, starting
+            # or full database): its DBAPIError class of the same name.
+            invalidated = self.engine.dialect.is_disconnect(exc, None, None)
+            raise DBAPIError.instance(
+                None, None, exc, self._dbapi_error, connection_invalidated=invalidated, dialect=self.engine.dialect
+            ) from exc
         broken = False
         try:
             yield proxied.driver_connection

@@ -17,7 +17,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from task_service.api.errors import _is_statement_timeout, _is_unavailable
 from task_service.db.base import Base, rows_by_ids
+from task_service.db.driver import Driver
 from task_service.db.models import Agent, Project, Task
+from task_service.db.session import create_engine
 from task_service.errors import NotFound
 from tests import factories as f
 from tests.conftest import wait_for_lock_waiter
@@ -124,6 +126,26 @@ class TestHeartbeat:
 
 
 class TestFailures:
+    @pytest.mark.parametrize("database", ["no_such_database_here", None])
+    async def test_a_failed_checkout_raises_what_the_orm_raises(self, services, database):
+        """A database that refuses the connection (here: one that does not exist, or a
+        port nobody listens on) fails the driver's checkout with the exception class that
+        the ORM's checkout raises, so the error mapping treats both alike."""
+        url = services.engine.url
+        url = url.set(database=database) if database else url.set(port=1)
+        engine = create_engine(url.render_as_string(hide_password=False), pre_ping=False)
+        try:
+            with pytest.raises(Exception) as orm:  # noqa: PT011 (the class is what is compared)
+                async with engine.connect():
+                    pass
+            with pytest.raises(Exception) as driver:  # noqa: PT011
+                async with Driver(engine).connection():
+                    pass
+            assert type(driver.value) is type(orm.value)
+            assert _is_unavailable(driver.value) == _is_unavailable(orm.value)
+        finally:
+            await engine.dispose()
+
     async def test_a_statement_timeout_keeps_its_sqlstate_and_its_connection(self, services):
         driver = services.driver
         assert driver is not None
