@@ -177,6 +177,14 @@ class Services:
         async with self.read() as session:
             return await db_rows_by_ids(session, model, ids)
 
+    async def agent_by_token(self, token: str) -> Agent | None:
+        """The live agent whose token this is, or None: every agent's authenticated request
+        asks (on the driver connection on PostgreSQL)."""
+        if self.driver is not None:
+            return await self.driver.agent_by_token(token)
+        async with self.read() as session:
+            return await db_agents.agent_by_token(session, token)
+
     async def heartbeat(self, name: str) -> Agent:
         """The agent called `name` sends a heartbeat (db/agents.py's `touch`): its leases
         renewed, its status and heartbeat time set; its presence change published."""

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import instrumentation
 
 from ..errors import LimitReached, NotFound
+from .agents import hash_token
 from .base import Base, utcnow
 from .effects import Effects, PresenceChange, WrittenEvent
 from .enums import ACTIVE_STATUSES, AgentStatus, TaskEventType
@@ -123,6 +124,7 @@ class Driver:
         self._dbapi_error: Any = engine.dialect.loaded_dbapi.Error  # the driver adapter's PEP 249 base
         self.tables: dict[type[Base], _Table] = {model: _Table(model) for model in (Task, Agent, Project)}
         agent = self.tables[Agent]
+        self._by_token = f"SELECT {agent.columns} FROM agents WHERE token_hash = $1 AND deleted_at IS NULL"  # noqa: S608
         self._lock_agent = f"SELECT {agent.columns} FROM agents WHERE name = $1 FOR UPDATE"  # noqa: S608
         # The lock above first, in its own statement: this one's snapshot is then taken after
         # any claim that held the agent has committed, so its task is renewed and counted.
@@ -175,6 +177,12 @@ class Driver:
         async with self.connection() as conn:
             records = await conn.fetch(table.by_ids, list(ids))
         return {record["id"]: table.instance(record) for record in records}
+
+    async def agent_by_token(self, token: str) -> Agent | None:
+        """db/agents.py's agent_by_token: the live agent whose token this is, or None."""
+        async with self.connection() as conn:
+            record = await conn.fetchrow(self._by_token, hash_token(token))
+        return None if record is None else self.tables[Agent].instance(record)
 
     async def heartbeat(self, name: str, *, lease_seconds: float) -> tuple[Agent, Effects]:
         """db/agents.py's `touch` for the agent called `name`, in one transaction of two

@@ -11,6 +11,7 @@ cell of it.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 from collections.abc import Hashable, Mapping
@@ -18,9 +19,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from ..db import agents as db_agents
 from ..db.base import utcnow
-from ..errors import BadInput, Forbidden
+from ..errors import BadInput, Forbidden, NotFound
 from ..schema import validate
 from ..services import Services
 
@@ -167,8 +167,7 @@ async def authenticate(
         return Caller.anonymous("the Authorization header must be 'Bearer <agent token>'", client_ip)
     if _same(token, settings.api_key):
         return Caller.admin(client_ip)
-    async with services.read() as session:
-        agent = await db_agents.agent_by_token(session, token)
+    agent = await services.agent_by_token(token)
     if agent is None:
         return Caller.anonymous(
             "the agent token is not valid (unknown, rotated by re-registering, or revoked by unregistering)",
@@ -176,16 +175,11 @@ async def authenticate(
         )
     stale_after = timedelta(seconds=settings.heartbeat_timeout_seconds / 6)
     if agent.last_heartbeat_at is None or utcnow() - agent.last_heartbeat_at > stale_after:
-        await _heartbeat(services, agent.id)
+        # A heartbeat (Services.heartbeat); an agent unregistered meanwhile is left alone.
+        with contextlib.suppress(NotFound):
+            await services.heartbeat(agent.name)
     return Caller(Role.AGENT, agent_id=agent.id, agent_name=agent.name, client_ip=client_ip)
 
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
-
-
-async def _heartbeat(services: Services, agent_id: int) -> None:
-    async with services.transaction() as session:
-        agent = await db_agents.lock_agent_by_id(session, agent_id)
-        if agent is not None and agent.deleted_at is None:
-            await db_agents.touch(session, agent, lease_seconds=services.policy.lease_seconds)

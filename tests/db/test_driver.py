@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from task_service.api.errors import _is_statement_timeout, _is_unavailable
+from task_service.db import agents as db_agents
 from task_service.db.base import Base, rows_by_ids
 from task_service.db.driver import Driver
 from task_service.db.models import Agent, Project, Task
@@ -71,6 +72,19 @@ class TestRows:
         row = (await services.driver.rows_by_ids(Task, [int(task["id"])]))[int(task["id"])]
         assert row.result == {"ok": [1, "two", None]}
         assert row.due_at == datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+    async def test_a_token_finds_its_live_agent_only(self, gql, services):
+        token = (await f.agent(gql, name="a"))["token"]
+        assert services.driver is not None
+        async with services.read() as session:
+            orm = await db_agents.agent_by_token(session, token)
+        found = await services.driver.agent_by_token(token)
+        assert orm is not None
+        assert found is not None
+        assert columns(found) == columns(orm)
+        assert await services.driver.agent_by_token(token + "x") is None
+        await gql.execute('mutation { unregisterAgent(name: "a") }')
+        assert await services.driver.agent_by_token(token) is None
 
 
 class TestHeartbeat:
