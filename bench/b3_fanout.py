@@ -645,6 +645,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     monitor: ServerMonitor | None = None
     marks: dict[str, float] = {}  # phase name -> time.time() when it began
     workers: Workers | None = None
+    profiler: subprocess.Popen[bytes] | None = None
     try:
         if args.database == "postgres":
             db_name = f"bench_b3_{uuid.uuid4().hex[:10]}"
@@ -689,6 +690,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["health_after_connect"] = (await http.get("/health")).json()
 
             workers.send(("measure",))
+            profiler = start_profiler(server.process.pid, args.profile) if args.profile else None
             cpu_before, wall_before, machine_before = monitor.cpu(), time.monotonic(), machine_cpu()
             marks["publish"] = time.time()
             print(f"publishing {args.rate:g} events/s for {args.duration:g} s ...", flush=True)
@@ -706,13 +708,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
             workers.send(("finish", [int(e["id"]) for e in log_events], args.grace))
             results = await workers.gather(args.grace + 30)
-            report["server_cpu_percent"] = 100 * (monitor.cpu() - cpu_before) / (time.monotonic() - wall_before)
+            report["server_cpu_seconds"] = monitor.cpu() - cpu_before
+            report["server_cpu_percent"] = 100 * report["server_cpu_seconds"] / (time.monotonic() - wall_before)
+            if profiler is not None:
+                report["profile"] = stop_profiler(profiler, args.profile)
             machine_after = machine_cpu()
             busy, total = (after - before for after, before in zip(machine_after, machine_before, strict=True))
             report["machine_cpu_percent"] = 100 * busy / total if total else None
             report["rss_end_mb"] = monitor.sample() / 1024
         report.update(analyse(published, publish_seconds, log_events, report["warmup"]["cursor"], results, args))
+        report["cpu_us_per_delivery"] = cpu_per_delivery(report)
     finally:
+        if profiler is not None and profiler.poll() is None:
+            stop_profiler(profiler, args.profile)
         if workers is not None:
             workers.close()
         if monitor is not None:
@@ -786,6 +794,7 @@ def analyse(
     span = send_times[-1] - send_times[0] if len(send_times) > 1 else 0.0
     trips = sorted(published.round_trips)
     cpu = [r["cpu_seconds"] / r["wall_seconds"] * 100 for r in results if r["wall_seconds"] > 0]
+    client_cpu_seconds = sum(r["cpu_seconds"] for r in results)
     return {
         "published": {
             "attempted": published.attempted,
@@ -833,8 +842,43 @@ def analyse(
         "straggler_wait_seconds": max((r["straggler_wait_seconds"] for r in results), default=None),
         "client_errors": errors,
         "client_cpu_percent_per_worker": cpu,
+        "client_cpu_seconds": client_cpu_seconds,
         "connections_open_at_finish": sum(s["still_open"] for s in subscribers),
     }
+
+
+def cpu_per_delivery(report: dict[str, Any]) -> dict[str, float | None]:
+    """CPU time (µs) per delivery received, of the server and of the client workers together,
+    over publish + drain: what each side pays for one event reaching one subscriber."""
+    received = report["deliveries"]["received"]
+    if not received:
+        return {"server": None, "client": None}
+    return {
+        "server": 1e6 * report["server_cpu_seconds"] / received,
+        "client": 1e6 * report["client_cpu_seconds"] / received,
+    }
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy samples the server (collapsed stacks, `--format raw`) from now until
+    stop_profiler; needs `pip install py-spy`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking"]
+    return subprocess.Popen(
+        [*command, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=out.with_suffix(".log").open("wb"),
+    )
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes], out: Path) -> str:
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its samples on Ctrl-C
+    try:
+        profiler.wait(30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait(5)
+    return str(out)
 
 
 def rss_series(samples: list[tuple[float, int]], marks: dict[str, float]) -> dict[str, Any]:
@@ -902,6 +946,8 @@ def summary(report: dict[str, Any]) -> str:
         + ", ".join(f"{c:.0f}%" for c in report["client_cpu_percent_per_worker"])
         + f"; whole machine {f(report['machine_cpu_percent'], '.0f')}% of {report['cpus']} CPUs"
         + f" (load average at start {' '.join(f'{x:.2f}' for x in report['loadavg_at_start'])})",
+        f"  CPU per delivery: server {f(report['cpu_us_per_delivery']['server'], '.1f')} µs,"
+        f" client workers {f(report['cpu_us_per_delivery']['client'], '.1f')} µs",
         f"  client errors: {report['client_errors'] or 'none'}; server log problems: {report['server_log_problems']}",
         f"  targets: p99 < {TARGET_P99_SECONDS:g} s {mark[checks['p99']]}; lost = {TARGET_LOST} {mark[checks['lost']]};"
         f" RSS < {TARGET_RSS_MB:g} MB {mark[checks['rss']]} => {mark[all(checks.values())]}",
@@ -935,6 +981,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to connect every subscriber")
     parser.add_argument("--json", type=Path, help="also write the figures as one JSON line to this file")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the server log (and SQLite file)")
+    parser.add_argument(
+        "--profile", type=Path, metavar="PATH", help="py-spy the server during publish + drain (raw stacks to PATH)"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.subscribers < 1 or args.workers < 1 or args.rate <= 0 or args.duration <= 0:
