@@ -46,9 +46,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
-from websockets.typing import Subprotocol
+import ws_client
 
 TARGET_P99_SECONDS = 1.0
 TARGET_LOST = 0
@@ -59,7 +57,8 @@ CREATE_PROJECT = "mutation($input: CreateProjectInput!) { createProject(input: $
 CREATE_TASK = "mutation($input: CreateTaskInput!) { createTask(input: $input) { id } }"
 EVENTS_PAGE = "query($after: ID, $taskId: ID) { events(after: $after, taskId: $taskId, first: 500) { id taskId type } }"
 
-PROTOCOL = Subprotocol("graphql-transport-ws")
+PROTOCOL = "graphql-transport-ws"
+PONG = json.dumps({"type": "pong"})
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT = 60.0
@@ -89,67 +88,66 @@ class Subscriber:
     subscribed: bool = False
     failed: bool = False
     completed: bool = False
-    ws: ClientConnection | None = None
+    client: ws_client.WebSocketClient | None = None
+    acked: asyncio.Future[None] | None = None
+
+    def on_message(self, raw: bytes, received: float) -> None:
+        """Record one graphql-transport-ws message (`received`: time.time() when it was read)."""
+        message = json.loads(raw)
+        kind = message.get("type")
+        if kind == "next":
+            payload = message.get("payload") or {}
+            if payload.get("errors"):
+                self.errors.append(f"next with errors: {json.dumps(payload['errors'])[:300]}")
+            event = (payload.get("data") or {}).get("taskEvents")
+            if event:
+                event_id = int(event["id"])
+                self.events.append((event_id, event["taskId"], received))
+                self.task_ids.add(event["taskId"])
+                self.event_ids.add(event_id)
+        elif kind == "ping":
+            if self.client is not None:
+                self.client.send_text(PONG)
+        elif self.acked is not None and not self.acked.done():
+            if kind == "connection_ack":
+                self.acked.set_result(None)
+            else:
+                self.acked.set_exception(RuntimeError(f"expected connection_ack, got {kind!r}"))
+        elif kind == "error":
+            self.errors.append(f"error: {json.dumps(message.get('payload'))[:300]}")
+        elif kind == "complete":
+            self.completed = True
+            self.errors.append("complete: the server ended the subscription")
+        elif kind != "pong":
+            self.errors.append(f"unexpected message type {kind!r}")
 
 
-async def _subscribe(url: str, sub: Subscriber, gate: asyncio.Semaphore, compression: str | None) -> None:
-    """Connect, handshake, subscribe, then record every message until cancelled."""
+async def _subscribe(url: str, sub: Subscriber, gate: asyncio.Semaphore, compression: bool) -> None:
+    """Connect, handshake, subscribe, then record every message (Subscriber.on_message) until
+    the connection ends or this is cancelled."""
+    sub.acked = asyncio.get_running_loop().create_future()
     try:
         async with gate:
-            ws = await connect(
-                url,
-                subprotocols=[PROTOCOL],
-                compression=compression,
-                proxy=None,
-                open_timeout=20,
-                ping_interval=None,  # the server's graphql-transport-ws pings are answered below
-                close_timeout=2,
-                max_queue=None,
+            client = await ws_client.connect(
+                url, subprotocol=PROTOCOL, on_message=sub.on_message, clock=time.time, compression=compression
             )
-            sub.ws = ws
-            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-            while True:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 20))
-                if message.get("type") == "connection_ack":
-                    break
-                if message.get("type") == "ping":
-                    await ws.send(json.dumps({"type": "pong"}))
-                    continue
-                raise RuntimeError(f"expected connection_ack, got {message.get('type')!r}")
+            sub.client = client
+            client.send_text(json.dumps({"type": "connection_init", "payload": {}}))
+            await asyncio.wait_for(asyncio.shield(sub.acked), 20)
             subscribe = {"type": "subscribe", "id": "1", "payload": {"query": SUBSCRIPTION, "variables": {}}}
-            await ws.send(json.dumps(subscribe))
+            client.send_text(json.dumps(subscribe))
             sub.subscribed = True
-    except (OSError, TimeoutError, RuntimeError, ConnectionClosed) as exc:
+    except (OSError, TimeoutError, RuntimeError) as exc:
         sub.failed = True
         sub.errors.append(f"connect: {type(exc).__name__}: {exc}")
+        if sub.client is not None:
+            sub.client.abort()
         return
-    try:
-        async for raw in ws:
-            received = time.time()
-            message = json.loads(raw)
-            kind = message.get("type")
-            if kind == "next":
-                payload = message.get("payload") or {}
-                if payload.get("errors"):
-                    sub.errors.append(f"next with errors: {json.dumps(payload['errors'])[:300]}")
-                event = (payload.get("data") or {}).get("taskEvents")
-                if event:
-                    event_id = int(event["id"])
-                    sub.events.append((event_id, event["taskId"], received))
-                    sub.task_ids.add(event["taskId"])
-                    sub.event_ids.add(event_id)
-            elif kind == "ping":
-                await ws.send(json.dumps({"type": "pong"}))
-            elif kind == "error":
-                sub.errors.append(f"error: {json.dumps(message.get('payload'))[:300]}")
-            elif kind == "complete":
-                sub.completed = True
-                sub.errors.append("complete: the server ended the subscription")
-            elif kind != "pong":
-                sub.errors.append(f"unexpected message type {kind!r}")
-        sub.errors.append(f"closed by the server: code {ws.close_code} {ws.close_reason!r}")
-    except ConnectionClosed as exc:
-        sub.errors.append(f"connection lost: {exc}")
+    await client.closed
+    if client.close_code is not None:
+        sub.errors.append(f"closed by the server: code {client.close_code} {client.close_reason!r}")
+    else:
+        sub.errors.append(f"connection lost: {client.close_reason or 'no close frame'}")
 
 
 async def _wait_until(check: Any, timeout: float, interval: float = 0.05) -> bool:
@@ -182,7 +180,7 @@ def _receive(conn: multiprocessing.connection.Connection) -> Any:
 async def _worker(conn: multiprocessing.connection.Connection, url: str, count: int, options: dict[str, Any]) -> None:
     subs = [Subscriber() for _ in range(count)]
     gate = asyncio.Semaphore(options["connect_concurrency"])
-    compression = None if options["compression"] == "none" else options["compression"]
+    compression = options["compression"] == "deflate"
     started = time.monotonic()
     readers = [asyncio.create_task(_subscribe(url, sub, gate, compression)) for sub in subs]
     await _wait_until(lambda: all(s.subscribed or s.failed for s in subs), options["connect_timeout"])
@@ -221,7 +219,7 @@ async def _worker(conn: multiprocessing.connection.Connection, url: str, count: 
                             "events": s.events,
                             "errors": s.errors,
                             "completed": s.completed,
-                            "still_open": s.ws is not None and s.ws.close_code is None,
+                            "still_open": s.client is not None and s.client.open,
                         }
                         for s in subs
                     ],
@@ -232,16 +230,25 @@ async def _worker(conn: multiprocessing.connection.Connection, url: str, count: 
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-        closing = [s.ws.close() for s in subs if s.ws is not None]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 15)
+        clients = [s.client for s in subs if s.client is not None]
+        for client in clients:
+            client.close()
+        if clients:
+            await asyncio.wait([c.closed for c in clients], timeout=15)
+        for client in clients:
+            client.abort()
 
 
 def worker_main(conn: multiprocessing.connection.Connection, url: str, count: int, options: dict[str, Any]) -> None:
     """Entry point of a client worker process: `count` subscribers on one asyncio loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
-        asyncio.run(_worker(conn, url, count, options))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_worker(conn, url, count, options))
+        else:
+            uvloop.run(_worker(conn, url, count, options))
     except Exception as exc:
         with contextlib.suppress(OSError, ValueError):
             conn.send({"crashed": f"{type(exc).__name__}: {exc}"})
