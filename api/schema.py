@@ -13,11 +13,16 @@ from strawberry.extensions import (
     DisableIntrospection,
     MaxTokensLimiter,
     ParserCache,
+    SchemaExtension,
     ValidationCache,
 )
+from strawberry.extensions.context import StreamResultContextManager
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
+from strawberry.types.execution import StreamExecutionResult
+from strawberry.utils.await_maybe import await_maybe
 
 from ..resolvers.agents import AgentMutation, AgentQuery
 from ..resolvers.lifecycle import LifecycleMutation
@@ -50,11 +55,45 @@ class DocumentCache(ParserCache):
         yield
 
 
+class ExtensionsRunner(SchemaExtensionsRunner):
+    """strawberry's runner, except that the hooks run for every subscription event (the
+    results' extensions, on_stream_result) visit only the extensions that implement them:
+    strawberry asks all of them, for each event and subscriber, and only ErrorMapper has an
+    on_stream_result and none of ours has results. Same hooks, same order."""
+
+    _with_results: list[SchemaExtension] | None = None
+    _on_stream_result: list[SchemaExtension] | None = None
+
+    async def get_extensions_results(self, ctx: ExecutionContext) -> dict[str, Any]:
+        if self._with_results is None:
+            self._with_results = _overriding(self.extensions, "get_results")
+        data: dict[str, Any] = {}
+        for extension in self._with_results:
+            data.update(await await_maybe(extension.get_results()))
+        data.update(ctx.extensions_results)
+        return data
+
+    def on_stream_result(self, result: StreamExecutionResult) -> StreamResultContextManager:
+        if self._on_stream_result is None:
+            self._on_stream_result = _overriding(self.extensions, "on_stream_result")
+        return StreamResultContextManager(self._on_stream_result, result)
+
+
+def _overriding(extensions: list[SchemaExtension], hook: str) -> list[SchemaExtension]:
+    default = getattr(SchemaExtension, hook)
+    return [extension for extension in extensions if getattr(type(extension), hook) is not default]
+
+
 class Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         # Expected errors (bad input, conflicts...) are the caller's business, not the
         # server log's; ErrorMapper logs the unexpected ones with their traceback.
         return None
+
+    def create_extensions_runner(
+        self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
+    ) -> SchemaExtensionsRunner:
+        return ExtensionsRunner(execution_context=execution_context, extensions=extensions)
 
 
 def build_schema(settings: Settings | None = None) -> Schema:
