@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -266,4 +267,20 @@ def create_app_from_env() -> Starlette:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format.value)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_gc()
+    return app
+
+
+GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest generation (CPython: 700)
+
+
+def tune_gc() -> None:
+    """The cyclic garbage collector, for a server process: what is built at startup (modules,
+    the schema) lives as long as the process, so it is moved out of the collector's passes
+    (gc.freeze), and the youngest generation is collected after 10,000 allocations instead
+    of 700. Fanning events out to 1,000 subscribers, the collector was 13.5 % of the server's
+    CPU (py-spy --native)."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)

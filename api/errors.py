@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from graphql.error import GraphQLError
 from graphql.validation.validate import ValidationAbortedError
 from strawberry.extensions import MaskErrors
 from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.types.execution import StreamExecutionResult
 
 from ..db.health import unreachable
 from ..errors import DomainError, ErrorCode
@@ -82,6 +84,17 @@ class ErrorMapper(MaskErrors):
     @staticmethod
     def _unexpected(error: GraphQLError) -> bool:
         return error_code(error) is ErrorCode.INTERNAL
+
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        self.mask_stream_result(result)
+        yield None
+
+    def mask_stream_result(self, result: StreamExecutionResult) -> None:
+        """What on_stream_result does before a streamed result is sent (mask its errors),
+        callable without strawberry's per-result context managers (api/schema.py's
+        ExtensionsRunner does so for every subscription event)."""
+        self._stream_result_processed = True
+        self._process_stream_result(result)
 
     def _process_result(self, result: object) -> None:
         # Strawberry's first asks isinstance() of a runtime Protocol, which costs more than the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from graphql import ASTValidationRule, GraphQLError
@@ -13,11 +13,16 @@ from strawberry.extensions import (
     DisableIntrospection,
     MaxTokensLimiter,
     ParserCache,
+    SchemaExtension,
     ValidationCache,
 )
+from strawberry.extensions.context import StreamResultContextManager
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
+from strawberry.types.execution import StreamExecutionResult
+from strawberry.utils.await_maybe import await_maybe
 
 from ..resolvers.agents import AgentMutation, AgentQuery
 from ..resolvers.lifecycle import LifecycleMutation
@@ -50,11 +55,76 @@ class DocumentCache(ParserCache):
         yield
 
 
+class ExtensionsRunner(SchemaExtensionsRunner):
+    """strawberry's runner, except that the hooks run for every subscription event (the
+    results' extensions, on_stream_result) visit only the extensions that implement them:
+    strawberry asks all of them, for each event and subscriber, and only ErrorMapper has an
+    on_stream_result and none of ours has results. Same hooks, same order."""
+
+    _with_results: list[SchemaExtension] | None = None
+    _on_stream_result: list[SchemaExtension] | None = None
+    _masks_only: bool = False
+
+    async def get_extensions_results(self, ctx: ExecutionContext) -> dict[str, Any]:
+        if self._with_results is None:
+            self._with_results = _overriding(self.extensions, "get_results")
+        data: dict[str, Any] = {}
+        for extension in self._with_results:
+            data.update(await await_maybe(extension.get_results()))
+        data.update(ctx.extensions_results)
+        return data
+
+    def on_stream_result(self, result: StreamExecutionResult) -> StreamResultContextManager:
+        if self._on_stream_result is None:
+            self._on_stream_result = _overriding(self.extensions, "on_stream_result")
+            self._masks_only = all(isinstance(e, ErrorMapper) for e in self._on_stream_result)
+        if self._masks_only:
+            return _MaskedStreamResult(cast(list[ErrorMapper], self._on_stream_result), result)
+        return StreamResultContextManager(self._on_stream_result, result)
+
+
+class _MaskedStreamResult(StreamResultContextManager):
+    """The on_stream_result hooks when ErrorMapper's is the only one: it masks the result's
+    errors before the result is sent and does nothing after, so it is called directly rather
+    than through a contextmanager and an AsyncExitStack built for each event and subscriber
+    (7 % of the server's CPU during fan-out)."""
+
+    def __init__(self, mappers: list[ErrorMapper], result: StreamExecutionResult) -> None:
+        self.result = result
+        self.mappers = mappers
+
+    def _mask(self) -> None:
+        for mapper in self.mappers:
+            mapper.mask_stream_result(self.result)
+
+    def __enter__(self) -> None:
+        self._mask()
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    async def __aenter__(self) -> None:
+        self._mask()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _overriding(extensions: list[SchemaExtension], hook: str) -> list[SchemaExtension]:
+    default = getattr(SchemaExtension, hook)
+    return [extension for extension in extensions if getattr(type(extension), hook) is not default]
+
+
 class Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         # Expected errors (bad input, conflicts...) are the caller's business, not the
         # server log's; ErrorMapper logs the unexpected ones with their traceback.
         return None
+
+    def create_extensions_runner(
+        self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
+    ) -> SchemaExtensionsRunner:
+        return ExtensionsRunner(execution_context=execution_context, extensions=extensions)
 
 
 def build_schema(settings: Settings | None = None) -> Schema:

@@ -46,9 +46,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
-from websockets.typing import Subprotocol
+import ws_client
 
 TARGET_P99_SECONDS = 1.0
 TARGET_LOST = 0
@@ -59,7 +57,8 @@ CREATE_PROJECT = "mutation($input: CreateProjectInput!) { createProject(input: $
 CREATE_TASK = "mutation($input: CreateTaskInput!) { createTask(input: $input) { id } }"
 EVENTS_PAGE = "query($after: ID, $taskId: ID) { events(after: $after, taskId: $taskId, first: 500) { id taskId type } }"
 
-PROTOCOL = Subprotocol("graphql-transport-ws")
+PROTOCOL = "graphql-transport-ws"
+PONG = json.dumps({"type": "pong"})
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT = 60.0
@@ -89,67 +88,66 @@ class Subscriber:
     subscribed: bool = False
     failed: bool = False
     completed: bool = False
-    ws: ClientConnection | None = None
+    client: ws_client.WebSocketClient | None = None
+    acked: asyncio.Future[None] | None = None
+
+    def on_message(self, raw: bytes, received: float) -> None:
+        """Record one graphql-transport-ws message (`received`: time.time() when it was read)."""
+        message = json.loads(raw)
+        kind = message.get("type")
+        if kind == "next":
+            payload = message.get("payload") or {}
+            if payload.get("errors"):
+                self.errors.append(f"next with errors: {json.dumps(payload['errors'])[:300]}")
+            event = (payload.get("data") or {}).get("taskEvents")
+            if event:
+                event_id = int(event["id"])
+                self.events.append((event_id, event["taskId"], received))
+                self.task_ids.add(event["taskId"])
+                self.event_ids.add(event_id)
+        elif kind == "ping":
+            if self.client is not None:
+                self.client.send_text(PONG)
+        elif self.acked is not None and not self.acked.done():
+            if kind == "connection_ack":
+                self.acked.set_result(None)
+            else:
+                self.acked.set_exception(RuntimeError(f"expected connection_ack, got {kind!r}"))
+        elif kind == "error":
+            self.errors.append(f"error: {json.dumps(message.get('payload'))[:300]}")
+        elif kind == "complete":
+            self.completed = True
+            self.errors.append("complete: the server ended the subscription")
+        elif kind != "pong":
+            self.errors.append(f"unexpected message type {kind!r}")
 
 
-async def _subscribe(url: str, sub: Subscriber, gate: asyncio.Semaphore, compression: str | None) -> None:
-    """Connect, handshake, subscribe, then record every message until cancelled."""
+async def _subscribe(url: str, sub: Subscriber, gate: asyncio.Semaphore, compression: bool) -> None:
+    """Connect, handshake, subscribe, then record every message (Subscriber.on_message) until
+    the connection ends or this is cancelled."""
+    sub.acked = asyncio.get_running_loop().create_future()
     try:
         async with gate:
-            ws = await connect(
-                url,
-                subprotocols=[PROTOCOL],
-                compression=compression,
-                proxy=None,
-                open_timeout=20,
-                ping_interval=None,  # the server's graphql-transport-ws pings are answered below
-                close_timeout=2,
-                max_queue=None,
+            client = await ws_client.connect(
+                url, subprotocol=PROTOCOL, on_message=sub.on_message, clock=time.time, compression=compression
             )
-            sub.ws = ws
-            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-            while True:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 20))
-                if message.get("type") == "connection_ack":
-                    break
-                if message.get("type") == "ping":
-                    await ws.send(json.dumps({"type": "pong"}))
-                    continue
-                raise RuntimeError(f"expected connection_ack, got {message.get('type')!r}")
+            sub.client = client
+            client.send_text(json.dumps({"type": "connection_init", "payload": {}}))
+            await asyncio.wait_for(asyncio.shield(sub.acked), 20)
             subscribe = {"type": "subscribe", "id": "1", "payload": {"query": SUBSCRIPTION, "variables": {}}}
-            await ws.send(json.dumps(subscribe))
+            client.send_text(json.dumps(subscribe))
             sub.subscribed = True
-    except (OSError, TimeoutError, RuntimeError, ConnectionClosed) as exc:
+    except (OSError, TimeoutError, RuntimeError) as exc:
         sub.failed = True
         sub.errors.append(f"connect: {type(exc).__name__}: {exc}")
+        if sub.client is not None:
+            sub.client.abort()
         return
-    try:
-        async for raw in ws:
-            received = time.time()
-            message = json.loads(raw)
-            kind = message.get("type")
-            if kind == "next":
-                payload = message.get("payload") or {}
-                if payload.get("errors"):
-                    sub.errors.append(f"next with errors: {json.dumps(payload['errors'])[:300]}")
-                event = (payload.get("data") or {}).get("taskEvents")
-                if event:
-                    event_id = int(event["id"])
-                    sub.events.append((event_id, event["taskId"], received))
-                    sub.task_ids.add(event["taskId"])
-                    sub.event_ids.add(event_id)
-            elif kind == "ping":
-                await ws.send(json.dumps({"type": "pong"}))
-            elif kind == "error":
-                sub.errors.append(f"error: {json.dumps(message.get('payload'))[:300]}")
-            elif kind == "complete":
-                sub.completed = True
-                sub.errors.append("complete: the server ended the subscription")
-            elif kind != "pong":
-                sub.errors.append(f"unexpected message type {kind!r}")
-        sub.errors.append(f"closed by the server: code {ws.close_code} {ws.close_reason!r}")
-    except ConnectionClosed as exc:
-        sub.errors.append(f"connection lost: {exc}")
+    await client.closed
+    if client.close_code is not None:
+        sub.errors.append(f"closed by the server: code {client.close_code} {client.close_reason!r}")
+    else:
+        sub.errors.append(f"connection lost: {client.close_reason or 'no close frame'}")
 
 
 async def _wait_until(check: Any, timeout: float, interval: float = 0.05) -> bool:
@@ -182,7 +180,7 @@ def _receive(conn: multiprocessing.connection.Connection) -> Any:
 async def _worker(conn: multiprocessing.connection.Connection, url: str, count: int, options: dict[str, Any]) -> None:
     subs = [Subscriber() for _ in range(count)]
     gate = asyncio.Semaphore(options["connect_concurrency"])
-    compression = None if options["compression"] == "none" else options["compression"]
+    compression = options["compression"] == "deflate"
     started = time.monotonic()
     readers = [asyncio.create_task(_subscribe(url, sub, gate, compression)) for sub in subs]
     await _wait_until(lambda: all(s.subscribed or s.failed for s in subs), options["connect_timeout"])
@@ -221,7 +219,7 @@ async def _worker(conn: multiprocessing.connection.Connection, url: str, count: 
                             "events": s.events,
                             "errors": s.errors,
                             "completed": s.completed,
-                            "still_open": s.ws is not None and s.ws.close_code is None,
+                            "still_open": s.client is not None and s.client.open,
                         }
                         for s in subs
                     ],
@@ -232,16 +230,25 @@ async def _worker(conn: multiprocessing.connection.Connection, url: str, count: 
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-        closing = [s.ws.close() for s in subs if s.ws is not None]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 15)
+        clients = [s.client for s in subs if s.client is not None]
+        for client in clients:
+            client.close()
+        if clients:
+            await asyncio.wait([c.closed for c in clients], timeout=15)
+        for client in clients:
+            client.abort()
 
 
 def worker_main(conn: multiprocessing.connection.Connection, url: str, count: int, options: dict[str, Any]) -> None:
     """Entry point of a client worker process: `count` subscribers on one asyncio loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
-        asyncio.run(_worker(conn, url, count, options))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_worker(conn, url, count, options))
+        else:
+            uvloop.run(_worker(conn, url, count, options))
     except Exception as exc:
         with contextlib.suppress(OSError, ValueError):
             conn.send({"crashed": f"{type(exc).__name__}: {exc}"})
@@ -645,6 +652,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     monitor: ServerMonitor | None = None
     marks: dict[str, float] = {}  # phase name -> time.time() when it began
     workers: Workers | None = None
+    profiler: subprocess.Popen[bytes] | None = None
     try:
         if args.database == "postgres":
             db_name = f"bench_b3_{uuid.uuid4().hex[:10]}"
@@ -689,6 +697,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["health_after_connect"] = (await http.get("/health")).json()
 
             workers.send(("measure",))
+            profiler = start_profiler(server.process.pid, args.profile) if args.profile else None
             cpu_before, wall_before, machine_before = monitor.cpu(), time.monotonic(), machine_cpu()
             marks["publish"] = time.time()
             print(f"publishing {args.rate:g} events/s for {args.duration:g} s ...", flush=True)
@@ -706,13 +715,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
             workers.send(("finish", [int(e["id"]) for e in log_events], args.grace))
             results = await workers.gather(args.grace + 30)
-            report["server_cpu_percent"] = 100 * (monitor.cpu() - cpu_before) / (time.monotonic() - wall_before)
+            report["server_cpu_seconds"] = monitor.cpu() - cpu_before
+            report["server_cpu_percent"] = 100 * report["server_cpu_seconds"] / (time.monotonic() - wall_before)
+            if profiler is not None:
+                report["profile"] = stop_profiler(profiler, args.profile)
             machine_after = machine_cpu()
             busy, total = (after - before for after, before in zip(machine_after, machine_before, strict=True))
             report["machine_cpu_percent"] = 100 * busy / total if total else None
             report["rss_end_mb"] = monitor.sample() / 1024
         report.update(analyse(published, publish_seconds, log_events, report["warmup"]["cursor"], results, args))
+        report["cpu_us_per_delivery"] = cpu_per_delivery(report)
     finally:
+        if profiler is not None and profiler.poll() is None:
+            stop_profiler(profiler, args.profile)
         if workers is not None:
             workers.close()
         if monitor is not None:
@@ -786,6 +801,7 @@ def analyse(
     span = send_times[-1] - send_times[0] if len(send_times) > 1 else 0.0
     trips = sorted(published.round_trips)
     cpu = [r["cpu_seconds"] / r["wall_seconds"] * 100 for r in results if r["wall_seconds"] > 0]
+    client_cpu_seconds = sum(r["cpu_seconds"] for r in results)
     return {
         "published": {
             "attempted": published.attempted,
@@ -833,8 +849,43 @@ def analyse(
         "straggler_wait_seconds": max((r["straggler_wait_seconds"] for r in results), default=None),
         "client_errors": errors,
         "client_cpu_percent_per_worker": cpu,
+        "client_cpu_seconds": client_cpu_seconds,
         "connections_open_at_finish": sum(s["still_open"] for s in subscribers),
     }
+
+
+def cpu_per_delivery(report: dict[str, Any]) -> dict[str, float | None]:
+    """CPU time (µs) per delivery received, of the server and of the client workers together,
+    over publish + drain: what each side pays for one event reaching one subscriber."""
+    received = report["deliveries"]["received"]
+    if not received:
+        return {"server": None, "client": None}
+    return {
+        "server": 1e6 * report["server_cpu_seconds"] / received,
+        "client": 1e6 * report["client_cpu_seconds"] / received,
+    }
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy samples the server (collapsed stacks, `--format raw`) from now until
+    stop_profiler; needs `pip install py-spy`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking"]
+    return subprocess.Popen(
+        [*command, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=out.with_suffix(".log").open("wb"),
+    )
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes], out: Path) -> str:
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its samples on Ctrl-C
+    try:
+        profiler.wait(30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait(5)
+    return str(out)
 
 
 def rss_series(samples: list[tuple[float, int]], marks: dict[str, float]) -> dict[str, Any]:
@@ -902,6 +953,8 @@ def summary(report: dict[str, Any]) -> str:
         + ", ".join(f"{c:.0f}%" for c in report["client_cpu_percent_per_worker"])
         + f"; whole machine {f(report['machine_cpu_percent'], '.0f')}% of {report['cpus']} CPUs"
         + f" (load average at start {' '.join(f'{x:.2f}' for x in report['loadavg_at_start'])})",
+        f"  CPU per delivery: server {f(report['cpu_us_per_delivery']['server'], '.1f')} µs,"
+        f" client workers {f(report['cpu_us_per_delivery']['client'], '.1f')} µs",
         f"  client errors: {report['client_errors'] or 'none'}; server log problems: {report['server_log_problems']}",
         f"  targets: p99 < {TARGET_P99_SECONDS:g} s {mark[checks['p99']]}; lost = {TARGET_LOST} {mark[checks['lost']]};"
         f" RSS < {TARGET_RSS_MB:g} MB {mark[checks['rss']]} => {mark[all(checks.values())]}",
@@ -935,6 +988,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to connect every subscriber")
     parser.add_argument("--json", type=Path, help="also write the figures as one JSON line to this file")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the server log (and SQLite file)")
+    parser.add_argument(
+        "--profile", type=Path, metavar="PATH", help="py-spy the server during publish + drain (raw stacks to PATH)"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.subscribers < 1 or args.workers < 1 or args.rate <= 0 or args.duration <= 0:

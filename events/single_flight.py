@@ -32,7 +32,8 @@ class SingleFlight(Generic[V]):
         `keep` rejects is handed to the callers already waiting but not cached."""
         future = self._futures.get(key)
         if future is not None:
-            await asyncio.wait({future})
+            if not future.done():  # asyncio.wait would cost a suspension even when it is
+                await asyncio.wait({future})
             if not future.cancelled():
                 self.shared += 1
                 return future.result()

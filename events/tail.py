@@ -31,7 +31,7 @@ class LogTail:
         self._capacity = capacity
         self._seqs: list[int] = []
         self._rows: list[TaskEvent] = []
-        self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Event | None = None  # set when the refresh in flight ends
         self.start = 0  # the window holds seq in (start, end]
         self.end = -1  # -1: not initialised
         self.refreshes = 0
@@ -42,40 +42,55 @@ class LogTail:
 
         Without arguments it always queries. With `want`, it returns at once when the window
         already reaches that seq; with `started_after` (a time.monotonic() value), when a
-        refresh began after that moment. Callers queue on a lock, so a crowd woken by one
-        signal runs one query and the rest find its result.
+        refresh began after that moment. One refresh runs at a time: a crowd woken by one
+        signal runs one query, and the rest wait for it together (one wake-up each, not a
+        lock handed from one to the next) and find its result.
         """
-        async with self._lock:
-            if self.end >= 0 and (
-                (want is not None and self.end >= want)
-                or (started_after is not None and self._last_started >= started_after)
-            ):
+        while self._refreshing is not None:
+            if self._answered(want, started_after):
                 return self.end
-            began = time.monotonic()
-            async with self._sessionmaker() as session:
-                if self.end < 0:
-                    self.start = self.end = await max_seq(session)
-                    self._last_started = began
-                    return self.end
-                while True:
-                    rows = await list_events(session, after=self.end, limit=REFRESH_LIMIT)
-                    self.refreshes += 1
-                    for row in rows:
-                        assert row.seq is not None
-                        self._seqs.append(row.seq)
-                        self._rows.append(row)
-                    if rows:
-                        self.end = rows[-1].seq or self.end
-                    if len(rows) < REFRESH_LIMIT:
-                        break
-            # Only a refresh that answered counts for callers waiting on `started_after`.
-            self._last_started = began
-            overflow = len(self._rows) - self._capacity
-            if overflow > 0:
-                self.start = self._seqs[overflow - 1]
-                del self._seqs[:overflow]
-                del self._rows[:overflow]
+            await self._refreshing.wait()
+        if self._answered(want, started_after):
             return self.end
+        done = self._refreshing = asyncio.Event()
+        try:
+            return await self._fetch()
+        finally:
+            self._refreshing = None
+            done.set()
+
+    def _answered(self, want: int | None, started_after: float | None) -> bool:
+        return self.end >= 0 and (
+            (want is not None and self.end >= want)
+            or (started_after is not None and self._last_started >= started_after)
+        )
+
+    async def _fetch(self) -> int:
+        began = time.monotonic()
+        async with self._sessionmaker() as session:
+            if self.end < 0:
+                self.start = self.end = await max_seq(session)
+                self._last_started = began
+                return self.end
+            while True:
+                rows = await list_events(session, after=self.end, limit=REFRESH_LIMIT)
+                self.refreshes += 1
+                for row in rows:
+                    assert row.seq is not None
+                    self._seqs.append(row.seq)
+                    self._rows.append(row)
+                if rows:
+                    self.end = rows[-1].seq or self.end
+                if len(rows) < REFRESH_LIMIT:
+                    break
+        # Only a refresh that answered counts for callers waiting on `started_after`.
+        self._last_started = began
+        overflow = len(self._rows) - self._capacity
+        if overflow > 0:
+            self.start = self._seqs[overflow - 1]
+            del self._seqs[:overflow]
+            del self._rows[:overflow]
+        return self.end
 
     def covers(self, cursor: int) -> bool:
         return self.end >= 0 and self.start <= cursor <= self.end
