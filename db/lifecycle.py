@@ -32,10 +32,6 @@ from .events import record_event
 from .models import Agent, Project, SkillSet, Task
 from .tasks import claim_order, has_any_tag, require_task, unblocked_pending
 
-# claimNextTask's statement carries this name as an execution option, so that what observes
-# statements (the claim-plan test's EXPLAIN) finds it by name rather than by its SQL text.
-CLAIM_NEXT = "claim_next"
-
 
 @dataclass(frozen=True)
 class Policy:
@@ -128,14 +124,14 @@ async def claim_next(
     tags: list[str] | None = None,
 ) -> Task | None:
     """Claim the best ready task `agent` may take, or None. `agent` must be locked.
-    (The ORM path, used on SQLite; PostgreSQL takes claim_next_by_name's statements.)"""
+    (The ORM path, used on SQLite; PostgreSQL runs db/driver.py's Driver.claim_next.)"""
     await _check_limit(session, agent)
     skill_sets = await matching_skill_sets(session, agent)
     if not skill_sets:
         return None
     now = utcnow()
     best = _candidates(skill_sets, now, project_id=project_id, tags=tags)
-    query = select(Task).where(Task.id == best).execution_options(statement_name=CLAIM_NEXT)
+    query = select(Task).where(Task.id == best)
     task = await session.scalar(query)
     if task is None:
         return None
