@@ -660,7 +660,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(run_migrations, database_url, extra_env, workdir)
         else:
             database_url = f"sqlite+aiosqlite:///{workdir / 'b3.db'}"
-        server = launch_server(database_url, extra_env, workdir)
+        serve_args = ("--workers", str(args.serve_workers)) if args.serve_workers > 1 else ()
+        server = launch_server(database_url, extra_env, workdir, serve_args)
         await wait_healthy(server)
         monitor = ServerMonitor(server.process.pid)
         monitor.start()
@@ -970,6 +971,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--subscribers", type=int, default=500, help="WebSocket subscribers (default 500)")
     parser.add_argument("--workers", type=int, default=2, help="client processes sharing them (default 2)")
+    parser.add_argument(
+        "--serve-workers",
+        type=int,
+        default=1,
+        help="server processes (`serve --workers N`; needs the PostgreSQL database or a BROADCAST_URL; "
+        "RSS is then the whole process tree's; default 1)",
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="events per second (default 10)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of publishing (default 30)")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait for stragglers (default 10)")
@@ -995,6 +1003,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.subscribers < 1 or args.workers < 1 or args.rate <= 0 or args.duration <= 0:
         parser.error("--subscribers, --workers, --rate and --duration must be positive")
+    if args.serve_workers < 1:
+        parser.error("--serve-workers must be positive")
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env takes NAME=VALUE")
     return args
