@@ -48,6 +48,11 @@ async def agent_by_token(session: AsyncSession, token: str) -> Agent | None:
     return await session.scalar(select(Agent).where(Agent.token_hash == hash_token(token), Agent.deleted_at.is_(None)))
 
 
+def not_registered(name: str) -> NotFound:
+    """The error for an agent name that names no live agent."""
+    return NotFound(f"agent '{name}' is not registered (or was unregistered); call registerAgent first")
+
+
 async def require_agent(session: AsyncSession, name: str, *, lock: bool = False) -> Agent:
     """The live agent called `name`, optionally locked (FOR UPDATE), or NotFound."""
     query = select(Agent).where(Agent.name == name)
@@ -55,7 +60,7 @@ async def require_agent(session: AsyncSession, name: str, *, lock: bool = False)
         query = query.with_for_update()
     agent = await session.scalar(query)
     if agent is None or agent.deleted_at is not None:
-        raise NotFound(f"agent '{name}' is not registered (or was unregistered); call registerAgent first")
+        raise not_registered(name)
     return agent
 
 

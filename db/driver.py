@@ -20,22 +20,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import instrumentation
 
-from ..errors import LimitReached, NotFound
-from .agents import hash_token
-from .base import Base, utcnow
+from .agents import hash_token, not_registered
+from .base import Base, M, utcnow
 from .effects import Effects, PresenceChange, WrittenEvent
 from .enums import ACTIVE_STATUSES, AgentStatus, TaskEventType
-from .lifecycle import Policy
+from .lifecycle import Policy, limit_reached
 from .models import Agent, Project, Task
-
-M = TypeVar("M", bound=Base)
 
 # Client-side failures that leave the connection gone or in an unknown state.
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
@@ -193,7 +190,7 @@ class Driver:
         async with self.connection() as conn, conn.transaction():
             locked = await conn.fetchrow(self._lock_agent, name)
             if locked is None or locked["deleted_at"] is not None:
-                raise NotFound(f"agent '{name}' is not registered (or was unregistered); call registerAgent first")
+                raise not_registered(name)
             record = await conn.fetchrow(
                 self._touch, locked["id"], now + timedelta(seconds=lease_seconds), _ACTIVE, now, _BUSY, _ONLINE
             )
@@ -214,12 +211,9 @@ class Driver:
         async with self.connection() as conn, conn.transaction():
             locked = await conn.fetchrow(self._lock_for_claim, name, _ACTIVE)
             if locked is None or locked["deleted_at"] is not None:
-                raise NotFound(f"agent '{name}' is not registered (or was unregistered); call registerAgent first")
+                raise not_registered(name)
             if locked["active"] >= locked["max_concurrent_tasks"]:
-                raise LimitReached(
-                    f"agent '{name}' already holds {locked['active']} active tasks (maxConcurrentTasks "
-                    f"{locked['max_concurrent_tasks']}); finish, submit or release one first"
-                )
+                raise limit_reached(name, locked["active"], locked["max_concurrent_tasks"])
             if not locked["skill_sets"]:
                 return None, Effects()
             lease = now + timedelta(seconds=policy.lease_seconds)

@@ -48,10 +48,15 @@ class Policy:
 async def _check_limit(session: AsyncSession, agent: Agent) -> None:
     held = await active_task_count(session, agent.id)
     if held >= agent.max_concurrent_tasks:
-        raise LimitReached(
-            f"agent '{agent.name}' already holds {held} active tasks (maxConcurrentTasks "
-            f"{agent.max_concurrent_tasks}); finish, submit or release one first"
-        )
+        raise limit_reached(agent.name, held, agent.max_concurrent_tasks)
+
+
+def limit_reached(name: str, held: int, limit: int) -> LimitReached:
+    """The error for an agent that already holds its maxConcurrentTasks active tasks."""
+    return LimitReached(
+        f"agent '{name}' already holds {held} active tasks (maxConcurrentTasks {limit}); "
+        "finish, submit or release one first"
+    )
 
 
 def _assign(task: Task, agent: Agent, now: datetime, policy: Policy) -> None:
