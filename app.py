@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import __version__
+from .api.direct import DirectGraphQL
 from .api.schema import build_schema
 from .api.transport import WEB_DIR, GraphQLApp, TransportError, error_response
 from .db.health import NOT_MIGRATED, UNREACHABLE, problem, schema_revision
@@ -175,6 +176,10 @@ def create_app(settings: Settings) -> Starlette:
                 allow_headers=["*"],
             )
         )
+    if settings.graphql_direct:
+        # Innermost, so that it answers with the same headers (security, CORS) and client
+        # address (trusted proxies) as the route behind it.
+        middleware.append(Middleware(DirectGraphQL, graphql=graphql))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.schema = schema

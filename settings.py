@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # permessage-deflate on WebSockets: off by default, since with many subscribers the
     # per-message compression costs more server CPU than the bytes it saves on a LAN.
     ws_compression: bool = False
+    # Known queries and mutations POSTed as JSON skip strawberry's HTTP view (api/direct.py);
+    # off sends every request through it (for comparison: bench/run_all.py --server-env).
+    graphql_direct: bool = True
     graphiql: bool | None = None
     introspection: bool | None = None
     auto_migrate: bool | None = None

@@ -37,7 +37,11 @@ def request_caller(context: Any) -> str:
 def _new_request_id(context: Any) -> str:
     """The client's X-Request-ID when it is a sane token, else a fresh one."""
     request = getattr(context, "request", None)
-    given = request.headers.get(REQUEST_ID_HEADER) if request is not None else None
+    return request_id_from(request.headers.get(REQUEST_ID_HEADER) if request is not None else None)
+
+
+def request_id_from(given: object) -> str:
+    """`given` (a client's X-Request-ID) when it is a sane token, else a fresh id."""
     if isinstance(given, str) and _CLIENT_REQUEST_ID.fullmatch(given):
         return given
     return uuid.uuid4().hex
@@ -67,29 +71,36 @@ class RequestObserver(SchemaExtension):
             operation_type = execution.operation_type
         except Exception:  # no operation to name: the document did not parse or is empty
             operation_type = None
-        kind = operation_type.value if operation_type is not None else "unknown"
-        name = execution.operation_name
-        outcome = _outcome(execution)
-        request = getattr(context, "request", None)
-        client = getattr(getattr(request, "client", None), "host", None)
-        log_request(
-            operation=name,
-            operation_type=kind,
-            caller=request_caller(context),
-            outcome=outcome,
-            duration_ms=seconds * 1000,
-            client=client,
-        )
-        services = getattr(context, "services", None)
-        if services is not None and operation_type is not OperationType.SUBSCRIPTION:
-            metrics = services.metrics
-            metrics.observe_request(metrics.operation_label(name), kind, outcome, seconds)
+        result = execution.result
+        errors = list(getattr(result, "errors", None) or []) or list(execution.pre_execution_errors or [])
+        record_operation(context, operation_type, execution.operation_name, errors, seconds)
 
 
-def _outcome(execution: Any) -> str:
+def record_operation(
+    context: Any, operation_type: OperationType | None, name: str | None, errors: list[Any], seconds: float
+) -> None:
+    """The request log line and the request metrics of one operation (`errors` as sent,
+    already carrying their codes)."""
+    kind = operation_type.value if operation_type is not None else "unknown"
+    outcome = _outcome(errors)
+    request = getattr(context, "request", None)
+    client = getattr(getattr(request, "client", None), "host", None)
+    log_request(
+        operation=name,
+        operation_type=kind,
+        caller=request_caller(context),
+        outcome=outcome,
+        duration_ms=seconds * 1000,
+        client=client,
+    )
+    services = getattr(context, "services", None)
+    if services is not None and operation_type is not OperationType.SUBSCRIPTION:
+        metrics = services.metrics
+        metrics.observe_request(metrics.operation_label(name), kind, outcome, seconds)
+
+
+def _outcome(errors: list[Any]) -> str:
     """ "ok", or the first error's contract code."""
-    result = execution.result
-    errors = list(getattr(result, "errors", None) or []) or list(execution.pre_execution_errors or [])
     if not errors:
         return "ok"
     code = (errors[0].extensions or {}).get("code")

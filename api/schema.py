@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, cast
 
 import strawberry
-from graphql import ASTValidationRule, GraphQLError
+from graphql import ASTValidationRule, DocumentNode, GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
@@ -52,6 +53,44 @@ class DocumentCache(ParserCache):
         context = self.execution_context
         with contextlib.suppress(GraphQLError):
             context.graphql_document = self.cached_parse_document(context.query, **context.parse_options)
+        yield
+
+
+class ValidDocuments:
+    """Operation texts that parsed and passed validation, with their documents (the most
+    recently used `capacity` of them): api/direct.py executes these without parsing or
+    validating again. Validity depends only on the text (the schema and its rules are fixed
+    for the process), and only RememberValidDocuments adds to it."""
+
+    def __init__(self, capacity: int):
+        self._capacity = capacity
+        self._documents: OrderedDict[str, DocumentNode] = OrderedDict()
+
+    def get(self, query: str) -> DocumentNode | None:
+        document = self._documents.get(query)
+        if document is not None:
+            self._documents.move_to_end(query)
+        return document
+
+    def add(self, query: str, document: DocumentNode) -> None:
+        self._documents[query] = document
+        self._documents.move_to_end(query)
+        while len(self._documents) > self._capacity:
+            self._documents.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+
+class RememberValidDocuments(SchemaExtension):
+    """Adds each operation text to the schema's ValidDocuments once strawberry has parsed
+    and validated it: strawberry calls on_execute only after both succeeded."""
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        known = getattr(context.schema, "valid_documents", None)
+        if isinstance(known, ValidDocuments) and context.query and context.graphql_document is not None:
+            known.add(context.query, context.graphql_document)
         yield
 
 
@@ -116,6 +155,10 @@ def _overriding(extensions: list[SchemaExtension], hook: str) -> list[SchemaExte
 
 
 class Schema(strawberry.Schema):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.valid_documents = ValidDocuments(DOCUMENT_CACHE_SIZE)
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         # Expected errors (bad input, conflicts...) are the caller's business, not the
         # server log's; ErrorMapper logs the unexpected ones with their traceback.
@@ -149,6 +192,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         lambda: DocumentCache(maxsize=DOCUMENT_CACHE_SIZE),
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
         MutationRateLimit,
+        RememberValidDocuments,
         lambda: ErrorMapper(hide_suggestions=not settings.introspection),
     ]
     if not settings.introspection:
