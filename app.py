@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -215,6 +214,7 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self' ws: wss:; font-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
     "form-action 'self'; object-src 'none'"
 )
+_CSP = CONTENT_SECURITY_POLICY.encode()
 _COMMON_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -234,16 +234,19 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        dashboard = scope["path"].startswith("/dashboard/")
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in _COMMON_HEADERS:
-                    headers.append(name.decode(), value.decode())
-                if headers.get("content-type", "").startswith("text/html"):
-                    headers.append("content-security-policy", CONTENT_SECURITY_POLICY)
-                if scope["path"].startswith("/dashboard/") and "cache-control" not in headers:
+                # The raw header list, not MutableHeaders: this runs for every response.
+                headers = [*message.get("headers", ()), *_COMMON_HEADERS]
+                names = {name.lower(): value for name, value in headers}
+                if names.get(b"content-type", b"").startswith(b"text/html"):
+                    headers.append((b"content-security-policy", _CSP))
+                if dashboard and b"cache-control" not in names:
                     # Revalidate (ETag) on every load: after an upgrade no browser keeps old JS.
-                    headers.append("cache-control", "no-cache")
+                    headers.append((b"cache-control", b"no-cache"))
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

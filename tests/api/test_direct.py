@@ -33,9 +33,7 @@ PROJECT = "mutation($input: CreateProjectInput!) { createProject(input: $input) 
 CREATE_TASKS = (
     "mutation($p: ID!, $tasks: [CreateTaskInput!]!) { createTasks(projectId: $p, tasks: $tasks) { id title status } }"
 )
-REGISTER = (
-    "mutation($input: RegisterAgentInput!) { registerAgent(input: $input) { agent { id name status } token } }"
-)
+REGISTER = "mutation($input: RegisterAgentInput!) { registerAgent(input: $input) { agent { id name status } token } }"
 HEARTBEAT = "mutation($a: String) { heartbeat(agent: $a) { id name status } }"
 CLAIM = "mutation($a: String, $p: ID) { claimNextTask(agent: $a, projectId: $p) { id status assignee { name } } }"
 TASK = "query($id: ID!) { task(id: $id) { id title status project { name } } }"
@@ -200,8 +198,8 @@ def lifecycle_steps() -> list[Step | Callable[[], None]]:
         raw(json.dumps({"query": TASK, "variables": {"id": "1", "pad": "x" * 2_000_000}})),
         raw(b"", method="GET", url="/graphql?query=%7B__typename%7D"),
         raw(b"", method="PUT"),
-        op("mutation { unregisterAgent(name: \"bob\") }"),
-        op("mutation { unregisterAgent(name: \"bob\") }"),
+        op('mutation { unregisterAgent(name: "bob") }'),
+        op('mutation { unregisterAgent(name: "bob") }'),
     ]
 
 
