@@ -4,9 +4,10 @@
 A read of one task by id costs about 570 µs of CPU through an ORM session and 180 µs as the
 same SELECT on the asyncpg connection under it (bench/PROFILE.md); a heartbeat is five
 round trips through the unit of work. Here the DataLoaders' rows by id and the heartbeat
-run as prepared statements on a connection borrowed from the engine's own pool (same
-size, same pre-ping, same statement timeout), and come back as the ORM's model instances,
-filled without the ORM's per-row machinery, so every caller above sees the same types.
+(one call of migration 0004's heartbeat_agent()) run as prepared statements on a connection
+borrowed from the engine's own pool (same size, same pre-ping, same statement timeout), and
+come back as the ORM's model instances, filled without the ORM's per-row machinery, so every
+caller above sees the same types.
 SQLite keeps the session path (services.Services chooses once).
 
 Failures look like the ORM's: a driver error is raised as SQLAlchemy's DBAPIError around
@@ -41,15 +42,6 @@ _BUSY, _ONLINE = AgentStatus.BUSY.value, AgentStatus.ONLINE.value
 
 
 # $1 the agent, $2 the new lease end, $3 the active statuses, $4 now, $5 BUSY, $6 ONLINE.
-_TOUCH = (
-    "WITH renewed AS (UPDATE tasks SET lease_expires_at = $2"
-    " WHERE assignee_id = $1 AND status = ANY($3::varchar[]) RETURNING deleted_at)"
-    " UPDATE agents SET last_heartbeat_at = $4,"
-    " status = CASE WHEN EXISTS (SELECT 1 FROM renewed WHERE deleted_at IS NULL) THEN $5 ELSE $6 END"
-    " WHERE id = $1 RETURNING {columns}"
-)
-
-
 # claimNextTask, statement 1: lock the agent; count its active tasks; the skill sets it has.
 # $1 the agent's name, $2 the active statuses.
 _LOCK_FOR_CLAIM = (
@@ -100,7 +92,8 @@ class _Table:
         mapper = model.__mapper__
         self.attributes = [(prop.key, prop.columns[0].name) for prop in mapper.column_attrs]
         self.keys = tuple(key for key, _name in self.attributes)
-        self.columns = ", ".join(name for _key, name in self.attributes)
+        self.column_names = [name for _key, name in self.attributes]
+        self.columns = ", ".join(self.column_names)
         # Built from the models' own names, never from input (here and below).
         self.by_ids = f"SELECT {self.columns} FROM {model.__tablename__} WHERE id = ANY($1::bigint[])"  # noqa: S608
         self.manager = instrumentation.manager_of_class(model)
@@ -108,8 +101,12 @@ class _Table:
     def instance(self, record: asyncpg.Record) -> Any:
         """A model instance holding the record's values, attached to no session: reading its
         columns reads them from its __dict__ (the ORM's own loading costs ten times more)."""
+        return self.from_values(record.values())
+
+    def from_values(self, values: Any) -> Any:
+        """instance() from the column values, in the order of `columns`."""
         obj = self.manager.new_instance()
-        obj.__dict__.update(zip(self.keys, record.values(), strict=True))
+        obj.__dict__.update(zip(self.keys, values, strict=True))
         return obj
 
 
@@ -122,10 +119,11 @@ class Driver:
         self.tables: dict[type[Base], _Table] = {model: _Table(model) for model in (Task, Agent, Project)}
         agent = self.tables[Agent]
         self._by_token = f"SELECT {agent.columns} FROM agents WHERE token_hash = $1 AND deleted_at IS NULL"  # noqa: S608
-        self._lock_agent = f"SELECT {agent.columns} FROM agents WHERE name = $1 FOR UPDATE"  # noqa: S608
-        # The lock above first, in its own statement: this one's snapshot is then taken after
-        # any claim that held the agent has committed, so its task is renewed and counted.
-        self._touch = _TOUCH.format(columns=agent.columns)
+        # heartbeat_agent() (migration 0004) locks the agent, then renews its leases and sets its
+        # status in a second statement, whose snapshot is taken after any claim that held the
+        # agent has committed (so its task is renewed and counted), in one round trip.
+        touched = ", ".join(f"(h.agent).{name}" for name in agent.column_names)
+        self._heartbeat = f"SELECT (h.previous).status, {touched} FROM heartbeat_agent($1, $2, $3, $4, $5, $6) AS h"  # noqa: S608
         self._lock_for_claim = _LOCK_FOR_CLAIM.format(columns=agent.columns)
         self._claim = _CLAIM.format(
             ready=_BEST_OF_SET.format(when="t.available_at IS NULL"),
@@ -182,22 +180,22 @@ class Driver:
         return None if record is None else self.tables[Agent].instance(record)
 
     async def heartbeat(self, name: str, *, lease_seconds: float) -> tuple[Agent, Effects]:
-        """db/agents.py's `touch` for the agent called `name`, in one transaction of two
-        statements: lock the agent; renew its leases and set its status and heartbeat.
+        """db/agents.py's `touch` for the agent called `name`, in one round trip: the
+        heartbeat_agent() function locks the agent, then renews its leases and sets its status
+        and heartbeat.
         NotFound for an unknown or unregistered agent. The caller publishes the Effects."""
-        agents = self.tables[Agent]
         now = utcnow()
-        async with self.connection() as conn, conn.transaction():
-            locked = await conn.fetchrow(self._lock_agent, name)
-            if locked is None or locked["deleted_at"] is not None:
-                raise not_registered(name)
+        async with self.connection() as conn:
             record = await conn.fetchrow(
-                self._touch, locked["id"], now + timedelta(seconds=lease_seconds), _ACTIVE, now, _BUSY, _ONLINE
+                self._heartbeat, name, now + timedelta(seconds=lease_seconds), _ACTIVE, now, _BUSY, _ONLINE
             )
-        agent: Agent = agents.instance(record)
+        if record is None:
+            raise not_registered(name)
+        previous, *values = record.values()
+        agent: Agent = self.tables[Agent].from_values(values)
         effects = Effects()
-        if agent.status != locked["status"]:
-            effects.presence.append(PresenceChange(agent.id, agent.name, locked["status"], agent.status, now))
+        if agent.status != previous:
+            effects.presence.append(PresenceChange(agent.id, agent.name, previous, agent.status, now))
         return agent, effects
 
     async def claim_next(

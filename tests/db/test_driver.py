@@ -223,3 +223,63 @@ class TestFailures:
         for _ in range(services.engine.pool.size() + 1):
             async with driver.connection() as conn:
                 assert await conn.fetchval("SELECT pg_backend_pid()") != pids[0]
+
+
+class TestUpgradeFrom0003:
+    """Migration 0004 adds heartbeat_agent(): a database upgraded from 0003 with agents and
+    tasks in it serves heartbeats at once, and a downgrade takes the function away again."""
+
+    async def test_a_heartbeat_after_the_upgrade_renews_and_counts_the_existing_task(self):
+        from alembic import command
+
+        from task_service.db.migrate import alembic_config, upgrade_to_head
+        from task_service.services import Services
+        from tests.conftest import create_pg_database, drop_pg_database, make_settings
+
+        url = await create_pg_database("ts_up0003")
+        soon = datetime.now(UTC) + timedelta(seconds=30)
+        try:
+            await asyncio.to_thread(command.upgrade, alembic_config(url), "0003")
+            conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+            try:
+                await conn.execute(
+                    "INSERT INTO skill_sets (key, skills) VALUES ('', '[]');"
+                    "INSERT INTO projects (name, status, created_at, updated_at)"
+                    " VALUES ('Launch', 'ACTIVE', now(), now());"
+                    "INSERT INTO agents (name, skills, status, max_concurrent_tasks, registered_at, claimed_count,"
+                    " completed_count, failed_count) VALUES ('a', '[]', 'ONLINE', 3, now(), 1, 0, 0)"
+                )
+                await conn.execute(
+                    "INSERT INTO tasks (project_id, title, task_type, status, priority, tags, required_skills,"
+                    " skill_set_id, requires_review, attempt, max_attempts, unmet_dependencies, created_at,"
+                    " updated_at, assignee_id, lease_expires_at) VALUES (1, 't', 'research', 'RUNNING', 5, '[]',"
+                    " '[]', 1, true, 1, 3, 0, now(), now(), 1, $1)",
+                    soon,
+                )
+            finally:
+                await conn.close()
+
+            await upgrade_to_head(url)
+
+            services = Services.build(make_settings(url))
+            await services.start()
+            try:
+                assert services.driver is not None
+                agent, effects = await services.driver.heartbeat("a", lease_seconds=600)
+                async with services.read() as session:
+                    lease = await session.scalar(select(Task.lease_expires_at).where(Task.id == 1))
+            finally:
+                await services.close()
+            assert (agent.name, agent.status, agent.claimed_count) == ("a", "BUSY", 1)
+            assert [(c.previous, c.status) for c in effects.presence] == [("ONLINE", "BUSY")]
+            assert lease is not None
+            assert lease > soon + timedelta(seconds=500)
+
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0003")
+            conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'heartbeat_agent'") == 0
+            finally:
+                await conn.close()
+        finally:
+            await drop_pg_database(url)
