@@ -133,6 +133,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from .api.http_protocol import CoalescingHttpToolsProtocol
+
     _prepare_database(settings)
     # The app's lifespan migrates too when AUTO_MIGRATE is on. It has just been done once,
     # here; N workers need not each take the migration lock at startup.
@@ -160,6 +162,8 @@ def serve_command(args: argparse.Namespace) -> int:
         proxy_headers=False,
         ws_max_size=settings.max_body_bytes,
         ws_per_message_deflate=settings.ws_compression,
+        # httptools, with each response's header and body writes sent as one (api/http_protocol.py).
+        http=CoalescingHttpToolsProtocol,
     )
     return 0
 

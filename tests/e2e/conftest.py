@@ -99,6 +99,9 @@ async def start_server(database_url: str, workdir: Path, *, port: int | None = N
         str(port),
         "--no-access-log",
         "--no-proxy-headers",
+        # As `task-service serve` runs it.
+        "--http",
+        "task_service.api.http_protocol:CoalescingHttpToolsProtocol",
         cwd=workdir,
         env=server_env(database_url, port, env),
         stdout=log_file,
