@@ -32,15 +32,16 @@ class SharedPayloads:
 
     Every subscriber of a shared result gets the same `data` object (strawberry wraps it in
     its own ExecutionResult per subscriber, but keeps the object), so its encoded payload is
-    found by identity: the transport (api/transport.py) asks `encoded(data)` when it sends a
-    `next` message and splices the text in, instead of encoding the same data once per
-    subscriber. Entries hold their data, so an id is never reused while it is here; the
-    oldest are dropped beyond `capacity`.
+    found by identity: the transport (api/transport.py) asks for it when it sends a `next`
+    message and splices it in, instead of encoding the same data once per subscriber. It is
+    kept as UTF-8 bytes, what the socket is written (api/ws_frames.py). Entries hold their
+    data, so an id is never reused while it is here; the oldest are dropped beyond
+    `capacity`.
     """
 
     def __init__(self, capacity: int = 1024):
         self._capacity = capacity
-        self._entries: OrderedDict[int, tuple[object, str | None]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[object, bytes | None]] = OrderedDict()
         self.encoded_count = 0
 
     def register(self, data: object) -> None:
@@ -51,19 +52,24 @@ class SharedPayloads:
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
-    def encoded(self, data: object, encode: Callable[[object], str | bytes]) -> str | None:
-        """The JSON text of `{"data": data}`, encoded on first use; None when `data` is not
+    def encoded_bytes(self, data: object, encode: Callable[[object], str | bytes]) -> bytes | None:
+        """The UTF-8 JSON of `{"data": data}`, encoded on first use; None when `data` is not
         a shared result's."""
         entry = self._entries.get(id(data))
         if entry is None or entry[0] is not data:
             return None
-        text = entry[1]
-        if text is None:
-            raw = encode({"data": data})
-            text = raw.decode() if isinstance(raw, bytes) else raw
-            self._entries[id(data)] = (data, text)
+        raw = entry[1]
+        if raw is None:
+            text = encode({"data": data})
+            raw = text.encode() if isinstance(text, str) else text
+            self._entries[id(data)] = (data, raw)
             self.encoded_count += 1
-        return text
+        return raw
+
+    def encoded(self, data: object, encode: Callable[[object], str | bytes]) -> str | None:
+        """As `encoded_bytes`, as text."""
+        raw = self.encoded_bytes(data, encode)
+        return None if raw is None else raw.decode()
 
 
 shared_payloads = SharedPayloads()
