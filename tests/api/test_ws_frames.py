@@ -138,12 +138,14 @@ class _Adapter:
         self.sent.append(message)
 
 
-async def _send(app: GraphQLApp, writer: _Writer, *messages: dict[str, Any]) -> list[object]:
-    """Send `messages` through a transport handler whose connection has `writer`; returns
-    what went the ASGI way (Strawberry's send_json)."""
+async def _send(
+    app: GraphQLApp, writer: _Writer, *messages: dict[str, Any], state: WebSocketState = WebSocketState.CONNECTED
+) -> list[object]:
+    """Send `messages` through a transport handler whose connection has `writer` (and whose
+    Starlette socket is in `state`); returns what went the ASGI way (Strawberry's send_json)."""
     scope: dict[str, Any] = {"type": "websocket", "headers": [], "path": "/graphql", SCOPE_KEY: writer}
     ws = WebSocket(scope, receive=None, send=None)  # type: ignore[arg-type]
-    ws.application_state = WebSocketState.CONNECTED
+    ws.application_state = state
     adapter = _Adapter(ws)
     handler = KeepAliveTransportWSHandler(
         view=app,
@@ -188,6 +190,13 @@ class TestTransportHandler:
     async def test_a_declined_write_goes_through_strawberry(self, app: GraphQLApp) -> None:
         message = _shared_next("1", "11")
         assert await _send(app, _Writer(accept=False), message) == [message]
+
+    async def test_a_socket_starlette_saw_close_goes_through_strawberry(self, app: GraphQLApp) -> None:
+        # Starlette then refuses the send, as it did before the direct path existed.
+        writer = _Writer(accept=True)
+        message = _shared_next("1", "12")
+        assert await _send(app, writer, message, state=WebSocketState.DISCONNECTED) == [message]
+        assert writer.texts == []
 
 
 async def test_the_app_hands_uvicorns_protocol_to_the_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
