@@ -24,6 +24,7 @@ from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast
 from graphql.execution.values import VariableValues
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from ..events.single_flight import MISSING
 from ..schema.sharing import SHARE_ATTRIBUTE
 
 
@@ -142,6 +143,12 @@ class _SharedEvent:
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         parent, payload = self._parent, self._payload
+        shared = parent.context_value.shared_results
+        # graphql-core takes a result that is not awaitable as it is: every subscriber but
+        # the first finds the result ready.
+        result = shared.ready(self._key)
+        if result is not MISSING:
+            return result
 
         async def run() -> ExecutionResult:
             executor = StrawberryGraphQLCoreExecutionContext.build_per_event_executor(parent, payload)
@@ -152,7 +159,7 @@ class _SharedEvent:
                 shared_payloads.register(result.data)
             return result  # type: ignore[return-value]
 
-        return parent.context_value.shared_results.get(self._key, run, keep=lambda r: not r.errors)
+        return shared.get(self._key, run, keep=lambda r: not r.errors)
 
 
 __all__ = ["SharingExecutionContext", "shared_payloads"]
