@@ -12,6 +12,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from task_service.db.models import TaskEvent
 from task_service.events import replay
+from task_service.events.bus import Listener
 from task_service.events.tail import LogTail
 from tests import factories as f
 from tests.events.helpers import TASK_EVENTS, Collector, Sub, all_events, assert_exact_log, wait_settled
@@ -181,3 +182,16 @@ class TestWakeWhenRead:
         assert found == [True] * 20
         refreshes = [statement for statement in reads if "task_events.seq >" in statement]
         assert len(refreshes) == 1  # one refresh for all of them
+
+    async def test_a_failed_refresh_wakes_them_to_read_on_their_own(self):
+        # until_answered then retries for each subscriber, as before the tail woke them.
+        def unreachable():
+            raise OSError("connection refused")
+
+        tail = LogTail(unreachable)
+        listener = Listener(defer=tail.wake_when_read)
+        waiter = asyncio.create_task(listener.wait(30))
+        await asyncio.sleep(0.01)
+        listener.advance(1)
+        assert await asyncio.wait_for(waiter, 5) is True
+        assert not listener.deferred
