@@ -873,9 +873,8 @@ def cpu_per_delivery(report: dict[str, Any]) -> dict[str, float | None]:
         return {"server": None, "server_user": None, "server_system": None, "client": None}
     return {
         "server": 1e6 * report["server_cpu_seconds"] / received,
-        # The system part is mostly the socket writes, and grows when the clients sleep
-        # between messages (each write then wakes one): compare the user part across runs
-        # whose machine load differs.
+        # What a change to the Python path moves is user time; the socket writes (one per
+        # delivery) are mostly system time.
         "server_user": 1e6 * report["server_cpu_user_seconds"] / received,
         "server_system": 1e6 * report["server_cpu_system_seconds"] / received,
         "client": 1e6 * report["client_cpu_seconds"] / received,
