@@ -49,11 +49,10 @@ def text_frame(payload: bytes) -> bytes:
 class FrameWriter:
     """Writes text frames to one uvicorn WebSocket connection, when that is safe."""
 
-    __slots__ = ("_protocol", "written")
+    __slots__ = ("_protocol",)
 
     def __init__(self, protocol: WebSocketsSansIOProtocol):
         self._protocol = protocol
-        self.written = 0
 
     @classmethod
     def for_connection(cls, receive: Callable[[], Any]) -> FrameWriter | None:
@@ -85,7 +84,6 @@ class FrameWriter:
         if transport.is_closing():
             return False
         transport.write(text_frame(payload))
-        self.written += 1
         return True
 
 
