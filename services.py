@@ -125,6 +125,7 @@ class Services:
 
     async def close(self) -> None:
         await self.publisher.stop()
+        await self.tail.close()
         await self.bus.stop()
         await self.engine.dispose()
 

@@ -24,6 +24,7 @@ from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast
 from graphql.execution.values import VariableValues
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from ..events.single_flight import MISSING
 from ..schema.sharing import SHARE_ATTRIBUTE
 
 
@@ -32,15 +33,16 @@ class SharedPayloads:
 
     Every subscriber of a shared result gets the same `data` object (strawberry wraps it in
     its own ExecutionResult per subscriber, but keeps the object), so its encoded payload is
-    found by identity: the transport (api/transport.py) asks `encoded(data)` when it sends a
-    `next` message and splices the text in, instead of encoding the same data once per
-    subscriber. Entries hold their data, so an id is never reused while it is here; the
-    oldest are dropped beyond `capacity`.
+    found by identity: the transport (api/transport.py) asks for it when it sends a `next`
+    message and splices it in, instead of encoding the same data once per subscriber. It is
+    kept as UTF-8 bytes, what the socket is written (api/ws_frames.py). Entries hold their
+    data, so an id is never reused while it is here; the oldest are dropped beyond
+    `capacity`.
     """
 
     def __init__(self, capacity: int = 1024):
         self._capacity = capacity
-        self._entries: OrderedDict[int, tuple[object, str | None]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[object, bytes | None]] = OrderedDict()
         self.encoded_count = 0
 
     def register(self, data: object) -> None:
@@ -51,19 +53,24 @@ class SharedPayloads:
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
-    def encoded(self, data: object, encode: Callable[[object], str | bytes]) -> str | None:
-        """The JSON text of `{"data": data}`, encoded on first use; None when `data` is not
+    def encoded_bytes(self, data: object, encode: Callable[[object], str | bytes]) -> bytes | None:
+        """The UTF-8 JSON of `{"data": data}`, encoded on first use; None when `data` is not
         a shared result's."""
         entry = self._entries.get(id(data))
         if entry is None or entry[0] is not data:
             return None
-        text = entry[1]
-        if text is None:
-            raw = encode({"data": data})
-            text = raw.decode() if isinstance(raw, bytes) else raw
-            self._entries[id(data)] = (data, text)
+        raw = entry[1]
+        if raw is None:
+            text = encode({"data": data})
+            raw = text.encode() if isinstance(text, str) else text
+            self._entries[id(data)] = (data, raw)
             self.encoded_count += 1
-        return text
+        return raw
+
+    def encoded(self, data: object, encode: Callable[[object], str | bytes]) -> str | None:
+        """As `encoded_bytes`, as text."""
+        raw = self.encoded_bytes(data, encode)
+        return None if raw is None else raw.decode()
 
 
 shared_payloads = SharedPayloads()
@@ -136,6 +143,12 @@ class _SharedEvent:
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         parent, payload = self._parent, self._payload
+        shared = parent.context_value.shared_results
+        # graphql-core takes a result that is not awaitable as it is: every subscriber but
+        # the first finds the result ready.
+        result = shared.ready(self._key)
+        if result is not MISSING:
+            return result
 
         async def run() -> ExecutionResult:
             executor = StrawberryGraphQLCoreExecutionContext.build_per_event_executor(parent, payload)
@@ -146,7 +159,7 @@ class _SharedEvent:
                 shared_payloads.register(result.data)
             return result  # type: ignore[return-value]
 
-        return parent.context_value.shared_results.get(self._key, run, keep=lambda r: not r.errors)
+        return shared.get(self._key, run, keep=lambda r: not r.errors)
 
 
 __all__ = ["SharingExecutionContext", "shared_payloads"]

@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,7 +31,7 @@ from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http.exceptions import WebSocketDisconnected
@@ -40,6 +40,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message as TransportWSMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -51,6 +52,7 @@ from ..resolvers.context import Context
 from ..services import Services
 from ..settings import Settings
 from .shared_results import shared_payloads
+from .ws_frames import SCOPE_KEY, FrameWriter
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,12 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
+@lru_cache(maxsize=4096)
+def _next_prefix(operation_id: str) -> bytes:
+    """A `next` message's text up to its payload (operation ids repeat once per event)."""
+    return f'{{"id":{json.dumps(operation_id)},"type":"next","payload":'.encode()
+
+
 _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 413: ErrorCode.BAD_USER_INPUT}
 
 
@@ -150,6 +158,26 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     do not drop an idle subscription (clients answer with `pong`)."""
 
     _keep_alive_task: asyncio.Task[None] | None = None
+    _frames: FrameWriter | None = None
+    _socket: WebSocket | None = None
+
+    def on_request_accepted(self) -> None:
+        super().on_request_accepted()
+        socket = getattr(self.websocket, "ws", None)  # Strawberry's ASGI adapter's socket
+        if isinstance(socket, WebSocket):
+            self._socket = socket
+            self._frames = socket.scope.get(SCOPE_KEY)
+
+    async def send_message(self, message: TransportWSMessage) -> None:
+        """Strawberry's, except that a `next` message carrying a shared result is written to
+        the socket directly when uvicorn allows it (api/ws_frames.py): the same bytes, fewer
+        layers, once per subscriber and event."""
+        frames, socket = self._frames, self._socket
+        if frames is not None and socket is not None and message["type"] == "next":
+            text = cast(GraphQLApp, self.view).shared_next(message)
+            if text is not None and socket.application_state is WebSocketState.CONNECTED and frames.write_text(text):
+                return
+        await super().send_message(message)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         await super().handle_connection_init(message)
@@ -237,6 +265,10 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                frames = FrameWriter.for_connection(receive)
+                if frames is not None:
+                    scope = {**scope, SCOPE_KEY: frames}
             await super().__call__(scope, receive, send)
             return
         limit = self.settings.max_body_bytes
@@ -291,16 +323,27 @@ class GraphQLApp(GraphQL[Context, None]):
             )
         return cast(UnsetType, UNSET)  # no payload in connection_ack
 
+    def shared_next(self, message: Mapping[str, Any]) -> bytes | None:
+        """The encoded text of a `next` message carrying a shared subscription result, made
+        from that result's payload, encoded once for all its subscribers
+        (api/shared_results.py): only the operation id differs per subscriber. None for any
+        other message."""
+        if message.get("type") != "next":
+            return None
+        payload = message.get("payload")
+        if type(payload) is not dict or len(payload) != 1 or "data" not in payload:
+            return None
+        encoded = shared_payloads.encoded_bytes(payload["data"], super().encode_json)
+        if encoded is None:
+            return None
+        return _next_prefix(message["id"]) + encoded + b"}"
+
     def encode_json(self, data: object) -> str | bytes:
-        """Strawberry's, except that a `next` message carrying a shared subscription result
-        reuses that result's payload, encoded once for all its subscribers
-        (api/shared_results.py); only the operation id differs per subscriber."""
-        if type(data) is dict and data.get("type") == "next":
-            payload = data.get("payload")
-            if type(payload) is dict and len(payload) == 1 and "data" in payload:
-                encoded = shared_payloads.encoded(payload["data"], super().encode_json)
-                if encoded is not None:
-                    return f'{{"id":{json.dumps(data["id"])},"type":"next","payload":{encoded}}}'
+        """Strawberry's, except for `next` messages carrying a shared result (shared_next)."""
+        if type(data) is dict:
+            shared = self.shared_next(data)
+            if shared is not None:
+                return shared.decode()
         return super().encode_json(data)
 
     def decode_json(self, data: str | bytes) -> object:

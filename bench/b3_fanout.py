@@ -335,12 +335,14 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -365,7 +367,12 @@ class ServerMonitor:
         return total
 
     def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in process_tree(self.pid))
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server tree so far."""
+        times = [cpu_seconds(pid) for pid in process_tree(self.pid)]
+        return sum(user for user, _ in times), sum(system for _, system in times)
 
     def _run(self) -> None:
         while not self._stop.wait(RSS_INTERVAL):
@@ -699,7 +706,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             workers.send(("measure",))
             profiler = start_profiler(server.process.pid, args.profile) if args.profile else None
-            cpu_before, wall_before, machine_before = monitor.cpu(), time.monotonic(), machine_cpu()
+            cpu_before, wall_before, machine_before = monitor.cpu_split(), time.monotonic(), machine_cpu()
             marks["publish"] = time.time()
             print(f"publishing {args.rate:g} events/s for {args.duration:g} s ...", flush=True)
             published = await publish(http, project_id, args.rate, args.duration)
@@ -716,7 +723,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
             workers.send(("finish", [int(e["id"]) for e in log_events], args.grace))
             results = await workers.gather(args.grace + 30)
-            report["server_cpu_seconds"] = monitor.cpu() - cpu_before
+            cpu_after = monitor.cpu_split()
+            report["server_cpu_user_seconds"] = cpu_after[0] - cpu_before[0]
+            report["server_cpu_system_seconds"] = cpu_after[1] - cpu_before[1]
+            report["server_cpu_seconds"] = report["server_cpu_user_seconds"] + report["server_cpu_system_seconds"]
             report["server_cpu_percent"] = 100 * report["server_cpu_seconds"] / (time.monotonic() - wall_before)
             if profiler is not None:
                 report["profile"] = stop_profiler(profiler, args.profile)
@@ -860,9 +870,13 @@ def cpu_per_delivery(report: dict[str, Any]) -> dict[str, float | None]:
     over publish + drain: what each side pays for one event reaching one subscriber."""
     received = report["deliveries"]["received"]
     if not received:
-        return {"server": None, "client": None}
+        return {"server": None, "server_user": None, "server_system": None, "client": None}
     return {
         "server": 1e6 * report["server_cpu_seconds"] / received,
+        # What a change to the Python path moves is user time; the socket writes (one per
+        # delivery) are mostly system time.
+        "server_user": 1e6 * report["server_cpu_user_seconds"] / received,
+        "server_system": 1e6 * report["server_cpu_system_seconds"] / received,
         "client": 1e6 * report["client_cpu_seconds"] / received,
     }
 
@@ -954,7 +968,9 @@ def summary(report: dict[str, Any]) -> str:
         + ", ".join(f"{c:.0f}%" for c in report["client_cpu_percent_per_worker"])
         + f"; whole machine {f(report['machine_cpu_percent'], '.0f')}% of {report['cpus']} CPUs"
         + f" (load average at start {' '.join(f'{x:.2f}' for x in report['loadavg_at_start'])})",
-        f"  CPU per delivery: server {f(report['cpu_us_per_delivery']['server'], '.1f')} µs,"
+        f"  CPU per delivery: server {f(report['cpu_us_per_delivery']['server'], '.1f')} µs"
+        f" (user {f(report['cpu_us_per_delivery']['server_user'], '.1f')},"
+        f" system {f(report['cpu_us_per_delivery']['server_system'], '.1f')}),"
         f" client workers {f(report['cpu_us_per_delivery']['client'], '.1f')} µs",
         f"  client errors: {report['client_errors'] or 'none'}; server log problems: {report['server_log_problems']}",
         f"  targets: p99 < {TARGET_P99_SECONDS:g} s {mark[checks['p99']]}; lost = {TARGET_LOST} {mark[checks['lost']]};"

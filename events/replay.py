@@ -93,7 +93,8 @@ async def follow_events(
 ) -> AsyncIterator[TaskEvent]:
     """Yield stamped events with seq > after (or from now when after is None), in order."""
     bus, tail = source.bus, source.tail
-    with bus.listen() as listener:
+    # Woken once per horizon, when the tail already holds it (LogTail.wake_when_read).
+    with bus.listen(defer=tail.wake_when_read) as listener:
         # Any refresh that began after we started listening gives a valid starting point:
         # later events wake us. Subscribers arriving together share one query.
         start = await until_answered(partial(tail.refresh, started_after=time.monotonic()))

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
+MISSING: object = object()  # what `ready` returns for a key without a value yet
 
 
 class SingleFlight(Generic[V]):
@@ -24,6 +25,15 @@ class SingleFlight(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._futures)
+
+    def ready(self, key: Hashable) -> V | object:
+        """The value for `key` when it is already computed and cached, else MISSING: callers
+        that find it need no coroutine and no await (fan-out asks once per subscriber)."""
+        future = self._futures.get(key)
+        if future is None or not future.done() or future.cancelled():
+            return MISSING
+        self.shared += 1
+        return future.result()
 
     async def get(
         self, key: Hashable, compute: Callable[[], Awaitable[V]], *, keep: Callable[[V], bool] | None = None

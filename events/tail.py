@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 
@@ -21,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.events import list_events, max_seq
 from ..db.models import TaskEvent
+from .bus import Listener
 
+log = logging.getLogger(__name__)
 REFRESH_LIMIT = 2000
 
 
@@ -36,6 +40,8 @@ class LogTail:
         self.end = -1  # -1: not initialised
         self.refreshes = 0
         self._last_started = float("-inf")
+        self._to_wake: list[Listener] = []
+        self._waker: asyncio.Task[None] | None = None
 
     async def refresh(self, *, want: int | None = None, started_after: float | None = None) -> int:
         """Fetch events stamped since the window's end; returns the new end.
@@ -58,6 +64,53 @@ class LogTail:
         finally:
             self._refreshing = None
             done.set()
+
+    def wake_when_read(self, listener: Listener) -> None:
+        """Wake `listener` (Listener's `defer`) once the window reaches its horizon: one
+        refresh, in a task of its own, for every subscriber waiting when the horizon moved,
+        each then woken once and finding its events here. Only waiting subscribers ask for
+        it, so the window never runs ahead for a subscriber that stopped reading."""
+        if self.end >= listener.horizon:
+            listener.wake()
+            return
+        self._to_wake.append(listener)
+        if self._waker is None:
+            self._waker = asyncio.create_task(self._wake_readers(), name="log-tail-refresh")
+
+    async def _wake_readers(self) -> None:
+        try:
+            while self._to_wake:
+                before = self.end
+                try:
+                    await self.refresh(want=max(listener.horizon for listener in self._to_wake))
+                except Exception as exc:
+                    # Each subscriber reads on its own, with until_answered's retries.
+                    log.debug("log tail: refresh for waiting subscribers failed (%s)", type(exc).__name__)
+                    self._wake(self._to_wake)
+                    return
+                waiting = [listener for listener in self._to_wake if listener.horizon > self.end]
+                self._wake([listener for listener in self._to_wake if listener.horizon <= self.end])
+                self._to_wake = waiting
+                if self.end == before:
+                    # Told of more than the log shows: let each subscriber find out.
+                    self._wake(waiting)
+                    return
+        finally:
+            self._waker = None
+
+    def _wake(self, listeners: list[Listener]) -> None:
+        if listeners is self._to_wake:
+            self._to_wake = []
+        for listener in listeners:
+            listener.wake()
+
+    async def close(self) -> None:
+        """Stop a refresh for waiting subscribers still in flight (the service is stopping)."""
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await waker
 
     def _answered(self, want: int | None, started_after: float | None) -> bool:
         return self.end >= 0 and (

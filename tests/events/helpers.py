@@ -198,11 +198,15 @@ async def another_process(database_url: str, **overrides: Any) -> AsyncIterator[
 def settled(services: Services, at_least: int = 1) -> bool:
     """At least `at_least` bus listeners exist (a subscription's generator registers its
     listener only once it first runs, so "no listener yet" is not settled) and every one is
-    parked waiting with no wake-up pending: each live subscription has read (and, when its
-    consumer pulls, yielded) everything up to the horizon it was told about. Mutations tell
-    local listeners before they return."""
+    parked waiting with no wake-up pending (nor one deferred until the log tail is read,
+    Listener.deferred): each live subscription has read (and, when its consumer pulls,
+    yielded) everything up to the horizon it was told about. Mutations tell local listeners
+    before they return."""
     listeners = list(services.bus._listeners)
-    return len(listeners) >= at_least and all(lst._wake._waiters and not lst._wake.is_set() for lst in listeners)  # type: ignore[attr-defined]
+    return len(listeners) >= at_least and all(
+        lst._wake._waiters and not lst._wake.is_set() and not lst.deferred  # type: ignore[attr-defined]
+        for lst in listeners
+    )
 
 
 async def wait_settled(services: Services, within: float = DEADLINE, at_least: int = 1) -> None:

@@ -1,10 +1,14 @@
-"""The event bus survives losing its LISTEN connection, and subscribers lose nothing."""
+"""The event bus survives losing its LISTEN connection, and subscribers lose nothing; a
+listener's wait times out and defers as it says."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from sqlalchemy import text
 
+from task_service.events.bus import Listener
 from tests import factories as f
 from tests.events.helpers import (
     TASK_EVENTS,
@@ -44,3 +48,47 @@ class TestListenerLoss:
                     await got.wait_for_count(written + 30)
                 expected = await caught_up(gql, got)
         assert_exact_log(got.values, expected)
+
+
+class TestListenerWait:
+    async def test_a_wait_times_out_a_full_timeout_after_it_began(self) -> None:
+        # The listener keeps its timer across waits; a timer set for an earlier wait must
+        # not cut a later one short.
+        listener = Listener()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, listener.advance, 1)
+        assert await listener.wait(0.3) is True
+        began = loop.time()
+        assert await listener.wait(0.3) is False
+        assert loop.time() - began >= 0.29
+
+    async def test_a_signal_before_the_wait_returns_at_once(self) -> None:
+        listener = Listener()
+        listener.advance(3)
+        assert await asyncio.wait_for(listener.wait(60), 1) is True
+        assert listener.horizon == 3
+
+    async def test_a_waiting_listener_with_defer_is_woken_by_defer_only(self) -> None:
+        deferred: list[Listener] = []
+        listener = Listener(defer=deferred.append)
+        waiter = asyncio.create_task(listener.wait(60))
+        await asyncio.sleep(0.01)
+        listener.advance(5)
+        listener.advance(6)
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        assert deferred == [listener]  # handed over once, however often the horizon moves
+        assert listener.deferred
+        assert listener.horizon == 6
+        listener.wake()
+        assert await asyncio.wait_for(waiter, 1) is True
+        assert not listener.deferred
+
+    async def test_a_listener_that_is_not_waiting_is_not_deferred(self) -> None:
+        # Only waiting subscribers ask the tail to read ahead (tests/events/test_task_events.py:
+        # a stalled subscriber must not buffer the events it misses).
+        deferred: list[Listener] = []
+        listener = Listener(defer=deferred.append)
+        listener.advance(5)
+        assert deferred == []
+        assert await asyncio.wait_for(listener.wait(60), 1) is True

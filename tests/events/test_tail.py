@@ -3,6 +3,7 @@ subscriber older than the window falls back to the database without losing anyth
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from task_service.db.models import TaskEvent
 from task_service.events import replay
+from task_service.events.bus import Listener
 from task_service.events.tail import LogTail
 from tests import factories as f
 from tests.events.helpers import TASK_EVENTS, Collector, Sub, all_events, assert_exact_log, wait_settled
@@ -159,3 +161,37 @@ class TestOutageRetries:
         with pytest.raises(ProgrammingError):
             await replay.until_answered(read)
         assert len(calls) == 1
+
+
+class TestWakeWhenRead:
+    async def test_waiting_subscribers_are_woken_once_the_tail_holds_the_new_horizon(self, gql, services):
+        pid = await f.project(gql)
+        await services.tail.refresh()
+        found: list[bool] = []
+
+        async def follower() -> None:
+            with services.bus.listen(defer=services.tail.wake_when_read) as listener:
+                assert await listener.wait(30)
+                found.append(services.tail.end >= listener.horizon > 0)
+
+        followers = [asyncio.create_task(follower()) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        with log_reads(services) as reads:
+            await f.task(gql, project_id=pid)
+            await asyncio.wait_for(asyncio.gather(*followers), 10)
+        assert found == [True] * 20
+        refreshes = [statement for statement in reads if "task_events.seq >" in statement]
+        assert len(refreshes) == 1  # one refresh for all of them
+
+    async def test_a_failed_refresh_wakes_them_to_read_on_their_own(self):
+        # until_answered then retries for each subscriber, as before the tail woke them.
+        def unreachable():
+            raise OSError("connection refused")
+
+        tail = LogTail(unreachable)
+        listener = Listener(defer=tail.wake_when_read)
+        waiter = asyncio.create_task(listener.wait(30))
+        await asyncio.sleep(0.01)
+        listener.advance(1)
+        assert await asyncio.wait_for(waiter, 5) is True
+        assert not listener.deferred

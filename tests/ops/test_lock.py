@@ -79,6 +79,9 @@ def test_internals_we_rely_on_are_bounded() -> None:
     assert Version("0.342.0") not in bounds["strawberry-graphql"]
     # events/redis_backend.py subclasses broadcaster's private backend base class.
     assert [spec.operator for spec in bounds["broadcaster"]] == ["=="]
+    # api/ws_frames.py reads uvicorn's websockets-sansio connection and websockets' protocol.
+    assert Version("0.55.0") not in bounds["uvicorn"]
+    assert Version("18.0") not in bounds["websockets"]
     for name, specifier in bounds.items():
         assert any(spec.operator in {"<", "=="} for spec in specifier), f"{name} has no upper bound"
 
