@@ -23,7 +23,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from . import __version__
 from .api.direct import DirectGraphQL
 from .api.schema import build_schema
-from .api.transport import WEB_DIR, GraphQLApp, TransportError, error_response
+from .api.transport import WEB_DIR, GraphQLApp, error_response, unauthenticated
 from .db.health import NOT_MIGRATED, UNREACHABLE, problem, schema_revision
 from .db.migrate import head_revision, upgrade_to_head
 from .errors import DomainError, ErrorCode
@@ -202,9 +202,7 @@ async def require_credential(request: Request) -> Response | None:
     caller = await authenticate(services, api_key, authorization, client_ip=client_ip)
     if caller.authenticated:
         return None
-    return error_response(
-        TransportError(401, ErrorCode.UNAUTHENTICATED, caller.problem or "", headers={"WWW-Authenticate": "Bearer"})
-    )
+    return error_response(unauthenticated(caller))
 
 
 # Our pages load only our own files (the dashboard and GraphiQL are vendored), talk only to

@@ -41,7 +41,6 @@ from strawberry.extensions import (
 )
 from strawberry.types.graphql import OperationType as StrawberryOperationType
 
-from ..errors import ErrorCode
 from ..observability.logs import request_id
 from ..resolvers.auth import authenticate
 from ..resolvers.context import Context
@@ -49,7 +48,7 @@ from .errors import ErrorMapper
 from .guard import MutationRateLimit, rate_limit_refusal
 from .observe import REQUEST_ID_HEADER, RequestObserver, record_operation, request_id_from
 from .schema import DocumentCache, RememberValidDocuments, Schema
-from .transport import GraphQLApp, TransportError, error_response, json_depth_exceeds
+from .transport import GraphQLApp, error_response, json_depth_exceeds, unauthenticated
 
 # The schema extensions whose work this path does itself (the ones that act at parse and
 # validation time have already accepted every document it runs). Any other extension
@@ -197,10 +196,7 @@ class DirectGraphQL:
         )
         if not caller.authenticated:
             # As GraphQLApp.get_context refuses it (a POST never renders GraphiQL).
-            refusal = TransportError(
-                401, ErrorCode.UNAUTHENTICATED, caller.problem or "", headers={"WWW-Authenticate": "Bearer"}
-            )
-            await error_response(refusal)(scope, receive, send)
+            await error_response(unauthenticated(caller))(scope, receive, send)
             return
         response = SubResponse()
         context = Context(services=services, request=Request(scope, receive), response=response, caller=caller)

@@ -47,7 +47,7 @@ from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
 from ..errors import ErrorCode
-from ..resolvers.auth import authenticate, header_credentials
+from ..resolvers.auth import Caller, authenticate, header_credentials
 from ..resolvers.context import Context
 from ..services import Services
 from ..settings import Settings
@@ -96,6 +96,11 @@ def _check_operation_shape(operation: Any) -> None:
         if value is not None and not isinstance(value, kind):
             expected = "a string" if kind is str else "an object"
             raise TransportError(400, ErrorCode.BAD_USER_INPUT, f"{name} must be {expected} or null")
+
+
+def unauthenticated(caller: Caller) -> TransportError:
+    """The 401 for a caller whose credentials were refused (`caller.problem` says why)."""
+    return TransportError(401, ErrorCode.UNAUTHENTICATED, caller.problem or "", headers={"WWW-Authenticate": "Bearer"})
 
 
 def error_response(error: TransportError) -> Response:
@@ -305,9 +310,7 @@ class GraphQLApp(GraphQL[Context, None]):
         caller = await authenticate(self.services, api_key, authorization, client_ip=client_ip)
         if isinstance(request, Request) and not caller.authenticated:
             if not self.should_render_graphql_ide(self.request_adapter_class(request)):
-                raise TransportError(
-                    401, ErrorCode.UNAUTHENTICATED, caller.problem or "", headers={"WWW-Authenticate": "Bearer"}
-                )
+                raise unauthenticated(caller)
         return Context(services=self.services, request=request, response=response, caller=caller)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
