@@ -45,6 +45,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,13 +65,16 @@ from b3_fanout import (
     HOST,
     Server,
     ServerMonitor,
+    cpu_seconds,
     create_pg_database,
     drop_pg_database,
     free_port,
     git_state,
     graphql,
     launch_server,
+    machine_cpu,
     percentile,
+    process_tree,
     run_migrations,
     wait_healthy,
 )
@@ -310,6 +314,7 @@ class Bench:
         self.log_problems = 0  # of the servers stopped before the last one
         self.log_tails: list[str] = []
         self.loads: dict[str, tuple[str, list[str], dict[str, Any]]] = {}  # bench -> B1/B2/B7's wrk load
+        self.raw_loads: dict[str, tuple[str, str, list[str]]] = {}  # bench -> B2/B7's baseline: what, path, bodies
         self.lag_after = 0
 
     async def step(self, name: str, work: Any, *, fatal: bool = False) -> None:
@@ -340,9 +345,22 @@ class Bench:
         await wait_healthy(self.server)
         self.monitor = ServerMonitor(self.server.process.pid)
         self.monitor.start()
+        await self.start_baseline(1)
+        self.http = httpx.AsyncClient(base_url=self.server.url, timeout=300, trust_env=False)
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            self.info["postgres"] = await conn.fetchval("SHOW server_version")
+        finally:
+            await conn.close()
+
+    async def start_baseline(self, workers: int) -> None:
+        """The raw baselines' server (baseline_app.py under uvicorn, `workers` processes)."""
         port = free_port()
+        log = self.workdir / f"baseline-{workers}.log"
         self.baseline_url = f"http://{HOST}:{port}"
-        env = {**os.environ, "BENCH_DSN": self.dsn, "BENCH_POOL": str(self.sizes.connections)}
+        # wrk's connections spread over the processes: each process pools its share.
+        pool = max(self.sizes.connections // workers, 1)
+        env = {**os.environ, "BENCH_DSN": self.dsn, "BENCH_POOL": str(pool)}
         self.baseline = subprocess.Popen(  # noqa: ASYNC220 (starts at once; nothing waits on it here)
             [
                 sys.executable,
@@ -359,9 +377,10 @@ class Bench:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                *(["--workers", str(workers)] if workers > 1 else []),
             ],
             env=env,
-            stdout=(self.workdir / "baseline.log").open("wb"),
+            stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
         )
         async with httpx.AsyncClient(base_url=self.baseline_url, timeout=2, trust_env=False) as http:
@@ -370,14 +389,19 @@ class Bench:
                     if (await http.get("/health")).status_code == 200:
                         break
                 if self.baseline.poll() is not None:
-                    raise RuntimeError("the baseline server exited: " + (self.workdir / "baseline.log").read_text())
+                    raise RuntimeError(
+                        "the baseline server exited: " + (self.workdir / f"baseline-{workers}.log").read_text()
+                    )
                 await asyncio.sleep(0.1)
-        self.http = httpx.AsyncClient(base_url=self.server.url, timeout=300, trust_env=False)
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            self.info["postgres"] = await conn.fetchval("SHOW server_version")
-        finally:
-            await conn.close()
+
+    async def stop_baseline(self) -> None:
+        if self.baseline is not None and self.baseline.poll() is None:
+            self.baseline.terminate()
+            try:
+                self.baseline.wait(10)
+            except subprocess.TimeoutExpired:
+                self.baseline.kill()
+                self.baseline.wait(5)
 
     @property
     def server_env(self) -> dict[str, str]:
@@ -394,13 +418,7 @@ class Bench:
             self.info["server_log_problems"] = self.log_problems
             if self.log_problems:
                 self.info["server_log_tail"] = "\n".join(self.log_tails)
-        if self.baseline is not None and self.baseline.poll() is None:
-            self.baseline.terminate()
-            try:
-                self.baseline.wait(10)
-            except subprocess.TimeoutExpired:
-                self.baseline.kill()
-                self.baseline.wait(5)
+        await self.stop_baseline()
         if self.db_name:
             await drop_pg_database(self.args.pg_admin_dsn, self.db_name)
 
@@ -522,9 +540,12 @@ class Bench:
         if self.sizes.warmup > 0:
             self.wrk(url, path, bodies, self.sizes.warmup, name=f"{bench}-warmup", **kw)
         before = self.server_sample()
+        machine0, processes0 = machine_cpu(), self.process_cpu()
         profiler = self.profile(bench) if service else None
         result = self.wrk(url, path, bodies, self.sizes.duration, name=bench, **kw)
         cpu, rss = self.server_usage(before)
+        machine1, processes1 = machine_cpu(), self.process_cpu()
+        wall = max(machine1[1] - machine0[1], 1) / (os.cpu_count() or 1)
         if profiler is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(30)
@@ -542,14 +563,31 @@ class Bench:
         )
         if service and result["good"]:
             row.extra["server_cpu_ms_per_request"] = cpu / 100 * seconds / result["good"] * 1000
+        # How busy the whole machine was (% of all its cores), and each server process's share
+        # of one core: with --workers, whether the processes shared the load.
+        row.extra["machine_busy_pct"] = round(100 * (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1), 1)
+        if service:
+            row.extra["process_cpu_pct"] = [
+                round(100 * (processes1[pid] - processes0[pid]) / wall, 1)
+                for pid in sorted(processes1)
+                if pid in processes0 and processes1[pid] - processes0[pid] > 0
+            ]
         problems = result["errors"] + result["socket_errors"] + result["timeouts"]
         if problems:
             row.notes = f"{problems} failed requests"
         return row
 
-    def profile(self, name: str) -> subprocess.Popen[bytes] | None:
+    def process_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each process of the service's tree (jiffies: 1/CLK_TCK)."""
+        if self.server is None:
+            return {}
+        tick = os.sysconf("SC_CLK_TCK")
+        return {pid: sum(cpu_seconds(pid)) * tick for pid in process_tree(self.server.process.pid)}
+
+    def profile(self, name: str, *, until_stopped: bool = False) -> subprocess.Popen[bytes] | None:
         """With --profile DIR: py-spy samples the service during the run (collapsed stacks,
-        DIR/<name>.txt; `--format speedscope` or an SVG can be made from them)."""
+        DIR/<name>.txt; `--format speedscope` or an SVG can be made from them): for
+        --duration seconds, or `until_stopped` by `stop_profile`."""
         if self.args.profile is None or self.server is None:
             return None
         self.args.profile.mkdir(parents=True, exist_ok=True)
@@ -565,14 +603,21 @@ class Bench:
                 "--rate",
                 "200",
                 "--nonblocking",
-                "--duration",
-                str(max(round(self.sizes.duration), 1)),
+                *([] if until_stopped else ["--duration", str(max(round(self.sizes.duration), 1))]),
                 "-o",
                 str(out),
             ],
             stdout=subprocess.DEVNULL,
             stderr=(self.args.profile / f"{name}.log").open("wb"),
         )
+
+    @staticmethod
+    def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
+        """Stop a profile started `until_stopped`: py-spy writes its file on SIGINT."""
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(30)
 
     def run_client(self, mode: str, *extra: str, seconds: float | None = None) -> dict[str, Any]:
         cpu0, t0 = children_cpu(), time.monotonic()
@@ -647,10 +692,12 @@ class Bench:
         s = self.sizes
         project = await self.project("b6")
         before = self.server_sample()
+        profiler = self.profile("b6", until_stopped=True)
         t0 = time.perf_counter()
         timings = await self.create_tasks(project, s.b6_calls * s.b6_size, s.b6_size, "b6")
         seconds = time.perf_counter() - t0
         cpu, rss = self.server_usage(before)
+        self.stop_profile(profiler)
         timings.sort()
         tasks = s.b6_calls * s.b6_size
         rate = tasks / seconds
@@ -703,16 +750,9 @@ class Bench:
             [json.dumps({"query": TASK, "variables": {"id": str(i)}}) for i in ids],
             {},
         )
+        self.raw_loads["B7"] = ("raw Starlette + asyncpg SELECT", "/task", [json.dumps({"id": i}) for i in ids])
         service = self.measure_service("B7")
-        raw = self.measure_wrk(
-            "B7",
-            "raw Starlette + asyncpg SELECT",
-            self.baseline_url,
-            "/task",
-            [json.dumps({"id": i}) for i in ids],
-            service=False,
-        )
-        self.pair(service, raw, TARGETS["B7"])
+        self.pair(service, self.measure_raw("B7"), TARGETS["B7"])
 
     async def b2(self) -> None:
         self.loads["B2"] = (
@@ -720,16 +760,13 @@ class Bench:
             [json.dumps({"query": HEARTBEAT, "variables": {"a": a}}) for a in self.b2_agents],
             {},
         )
-        service = self.measure_service("B2")
-        raw = self.measure_wrk(
-            "B2",
+        self.raw_loads["B2"] = (
             "raw Starlette + asyncpg UPDATE",
-            self.baseline_url,
             "/heartbeat",
             [json.dumps({"agent": a}) for a in self.b2_agents],
-            service=False,
         )
-        self.pair(service, raw, TARGETS["B2"])
+        service = self.measure_service("B2")
+        self.pair(service, self.measure_raw("B2"), TARGETS["B2"])
 
     async def b5(self) -> None:
         assert self.server is not None
@@ -775,6 +812,10 @@ class Bench:
         assert self.server is not None
         what, bodies, kw = self.loads[bench]
         return self.measure_wrk(bench, what, self.server.url, "/graphql", bodies, service=True, **kw)
+
+    def measure_raw(self, bench: str) -> Row:
+        what, path, bodies = self.raw_loads[bench]
+        return self.measure_wrk(bench, what, self.baseline_url, path, bodies, service=False)
 
     async def lag_subscriber(self) -> subprocess.Popen[str]:
         """A taskEvents subscriber (raw_clients.py lag) from the newest event on, ready."""
@@ -895,21 +936,38 @@ class Bench:
 
     async def w2(self) -> None:
         """B7, B2 and B1 again with `serve --workers 2` (two processes for two cores), each
-        beside the one-process figure of this run; then one process again."""
+        beside the one-process figure of this run; then one process again. B7's and B2's
+        baselines too, as `uvicorn --workers 2`: how far two processes can scale on this
+        machine, where PostgreSQL and the load generator share the same cores."""
         one = {r.bench: r for r in reversed(self.rows) if r.server_cpu is not None and r.bench in self.loads}
+        raw_one = {r.bench: r for r in reversed(self.rows) if r.ratio == "baseline" and r.bench in self.raw_loads}
         await self.restart(2)
         try:
             for bench in ("B7", "B2", "B1"):
                 if bench not in one:
                     continue
-                row = self.measure_service(bench)
-                row.what += ", serve --workers 2"
-                row.unit = one[bench].unit
-                row.ratio = f"{row.rate / one[bench].rate:.2f}x 1 process" if one[bench].rate and row.rate else ""
-                row.target = "scales with the cores"
-                self.rows.append(row)
+                self.w2_row(self.measure_service(bench), one[bench], ", serve --workers 2")
         finally:
             await self.restart(1)
+        await self.stop_baseline()
+        await self.start_baseline(2)
+        try:
+            for bench in ("B7", "B2"):
+                if bench in raw_one:
+                    self.w2_row(self.measure_raw(bench), raw_one[bench], ", uvicorn --workers 2")
+        finally:
+            await self.stop_baseline()
+            await self.start_baseline(1)
+
+    def w2_row(self, row: Row, one: Row, what: str) -> None:
+        row.what += what
+        row.unit = one.unit
+        row.ratio = f"{row.rate / one.rate:.2f}x 1 process" if one.rate and row.rate else ""
+        row.target = "scales with the cores"
+        shares = " + ".join(f"{c:.0f} %" for c in row.extra.get("process_cpu_pct", []))
+        busy = f"machine busy {row.extra['machine_busy_pct']:.0f} %"
+        row.notes = "; ".join(filter(None, [row.notes, f"processes {shares}" if shares else "", busy]))
+        self.rows.append(row)
 
     async def claim_series(self, agent: str, count: int) -> list[float]:
         """Seconds of `count` claimNextTask calls (any project), one at a time, after a few
@@ -1257,7 +1315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, help="write the results here (default bench/RESULTS.md; none with --quick)"
     )
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the service during B1, B2, B5, B7")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the service during B1, B2, B5, B6, B7")
     parser.add_argument("--json", type=Path, help="also write every figure as one JSON line")
     parser.add_argument("--pg-admin-dsn", default=os.environ.get("BENCH_PG_ADMIN_DSN", DEFAULT_PG_ADMIN_DSN))
     args = parser.parse_args(argv)

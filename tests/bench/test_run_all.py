@@ -42,12 +42,18 @@ EXPECTED = {
         "taskEvents delivery lag during the claims above",
         "claimNextTask",  # serve --workers 2
     ],
-    "B2": ["heartbeat", "raw Starlette + asyncpg UPDATE", "heartbeat"],
+    # then B2 and B7 again with two processes: the service, then the baseline
+    "B2": ["heartbeat", "raw Starlette + asyncpg UPDATE", "heartbeat", "raw Starlette + asyncpg UPDATE"],
     "B3": ["taskEvents fan-out"],
     "B4": ["claimNextTask one at a time"],
     "B5": ["dashboardStats"],
     "B6": ["createTasks"],
-    "B7": ["`{ task(id) { id status } }`", "raw Starlette + asyncpg SELECT", "`{ task(id) { id status } }`"],
+    "B7": [
+        "`{ task(id) { id status } }`",
+        "raw Starlette + asyncpg SELECT",
+        "`{ task(id) { id status } }`",
+        "raw Starlette + asyncpg SELECT",
+    ],
     "B8": ["claimNextTask one at a time, 20,000 tasks"],
     "B9": ["RSS soak"],
 }
@@ -130,6 +136,15 @@ async def test_quick_run_prints_every_benchmark_beside_its_baseline(tmp_path: Pa
         assert two["ratio"].endswith("x 1 process"), two
         assert float(two["ratio"].split("x")[0]) > 0, two
         assert float(two["server CPU %"]) > 0, two
+        # each worker's share of the load, and how busy the machine was
+        shares = two["notes"].split("processes ")[1].split(";")[0].split(" + ")
+        assert len(shares) == 2, two
+        assert all(float(share.rstrip(" %")) > 0 for share in shares), two
+        assert "machine busy" in two["notes"], two
+    for bench in ("B7", "B2"):
+        (two,) = [r for r in rows if r["bench"] == bench and r["workload"].endswith("uvicorn --workers 2")]
+        assert two["ratio"].endswith("x 1 process"), two
+        assert float(two["ratio"].split("x")[0]) > 0, two
     # claim latency on the database grown (to 20,000 tasks in a quick run) beside the smaller one
     (b8,) = [r for r in rows if r["bench"] == "B8"]
     assert float(b8["ratio"].split("x")[0]) > 0, b8
