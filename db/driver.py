@@ -3,8 +3,9 @@
 
 A read of one task by id costs about 570 µs of CPU through an ORM session and 180 µs as the
 same SELECT on the asyncpg connection under it (bench/PROFILE.md); a heartbeat is five
-round trips through the unit of work. Here the DataLoaders' rows by id and the heartbeat
-(one call of migration 0004's heartbeat_agent()) run as prepared statements on a connection
+round trips through the unit of work. Here the DataLoaders' rows by id, the heartbeat (one
+call of migration 0004's heartbeat_agent()) and claimNextTask (one call of migration
+0005's claim_next_task()) run as prepared statements on a connection
 borrowed from the engine's own pool (same size, same pre-ping, same statement timeout), and
 come back as the ORM's model instances, filled without the ORM's per-row machinery, so every
 caller above sees the same types.
@@ -39,50 +40,6 @@ from .models import Agent, Project, Task
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 _ACTIVE = [status.value for status in ACTIVE_STATUSES]
 _BUSY, _ONLINE = AgentStatus.BUSY.value, AgentStatus.ONLINE.value
-
-
-# $1 the agent, $2 the new lease end, $3 the active statuses, $4 now, $5 BUSY, $6 ONLINE.
-# claimNextTask, statement 1: lock the agent; count its active tasks; the skill sets it has.
-# $1 the agent's name, $2 the active statuses.
-_LOCK_FOR_CLAIM = (
-    "SELECT {columns},"
-    " (SELECT count(*) FROM tasks WHERE tasks.assignee_id = agents.id AND tasks.status = ANY($2::varchar[])"
-    " AND tasks.deleted_at IS NULL) AS active,"
-    " ARRAY(SELECT skill_sets.id FROM skill_sets"
-    " WHERE skill_sets.skills <@ coalesce(agents.skills, '[]'::jsonb)) AS skill_sets"
-    " FROM agents WHERE agents.name = $1 FOR UPDATE OF agents"
-)
-# The best claimable task of skill set s.set_id, `{when}` ready now or scheduled and due,
-# locked unless another claimer holds it (docs/ARCHITECTURE.md, "Claiming").
-_BEST_OF_SET = (
-    "SELECT t.id, t.priority, t.due_at, t.created_at FROM tasks t"
-    " WHERE t.status = 'PENDING' AND t.unmet_dependencies = 0 AND t.deleted_at IS NULL AND {when}"
-    " AND t.skill_set_id = s.set_id"
-    " AND EXISTS (SELECT 1 FROM projects p WHERE p.id = t.project_id AND p.status = 'ACTIVE' AND p.deleted_at IS NULL)"
-    " AND ($6::bigint IS NULL OR t.project_id = $6) AND ($7::text[] IS NULL OR t.tags ?| $7)"
-    " ORDER BY t.priority DESC, t.due_at ASC NULLS LAST, t.created_at, t.id LIMIT 1 FOR UPDATE OF t SKIP LOCKED"
-)
-# claimNextTask, statement 2: claim the best of those and, only when one was claimed, log
-# its CLAIMED event, count the claim, mark the agent BUSY with a fresh heartbeat and renew
-# the leases of its other active tasks. $1 the agent, $2 now, $3 the new lease end, $4 the
-# skill sets, $5 the agent's name, $6 the project or NULL, $7 the tags (any of) or NULL,
-# $8 the active statuses.
-_CLAIM = (
-    "WITH picked AS (UPDATE tasks SET status = 'ASSIGNED', assignee_id = $1, attempt = tasks.attempt + 1,"
-    " assigned_at = $2, started_at = NULL, submitted_at = NULL, progress = NULL, progress_message = NULL,"
-    " lease_expires_at = $3, updated_at = $2"
-    " WHERE tasks.id = (SELECT c.id FROM unnest($4::bigint[]) AS s(set_id), LATERAL ("
-    " SELECT * FROM ({ready}) AS ready UNION ALL SELECT * FROM ({due}) AS due) AS c"
-    " ORDER BY c.priority DESC, c.due_at ASC NULLS LAST, c.created_at, c.id LIMIT 1)"
-    " RETURNING {columns}),"
-    " event AS (INSERT INTO task_events (task_id, project_id, type, from_status, to_status, actor, agent_id,"
-    " created_at) SELECT id, project_id, 'CLAIMED', 'PENDING', 'ASSIGNED', $5, assignee_id, $2 FROM picked),"
-    " counted AS (UPDATE agents SET claimed_count = agents.claimed_count + 1, last_heartbeat_at = $2,"
-    " status = 'BUSY' WHERE agents.id = $1 AND EXISTS (SELECT 1 FROM picked)),"
-    " renewed AS (UPDATE tasks SET lease_expires_at = $3 WHERE tasks.assignee_id = $1"
-    " AND tasks.status = ANY($8::varchar[]) AND EXISTS (SELECT 1 FROM picked))"
-    " SELECT * FROM picked"
-)
 
 
 class _Table:
@@ -124,11 +81,12 @@ class Driver:
         # agent has committed (so its task is renewed and counted), in one round trip.
         touched = ", ".join(f"(h.agent).{name}" for name in agent.column_names)
         self._heartbeat = f"SELECT (h.previous).status, {touched} FROM heartbeat_agent($1, $2, $3, $4, $5, $6) AS h"  # noqa: S608
-        self._lock_for_claim = _LOCK_FOR_CLAIM.format(columns=agent.columns)
-        self._claim = _CLAIM.format(
-            ready=_BEST_OF_SET.format(when="t.available_at IS NULL"),
-            due=_BEST_OF_SET.format(when="t.available_at <= $2"),
-            columns=self.tables[Task].columns,
+        # claim_next_task() (migration 0005) locks the agent, then counts its active tasks, then
+        # claims (docs/ARCHITECTURE.md, "Claiming"), each with a fresh snapshot, in one round trip.
+        claimed = ", ".join(f"(c.task).{name}" for name in self.tables[Task].column_names)
+        self._claim = (
+            "SELECT (c.agent).id, (c.agent).status, (c.agent).deleted_at, (c.agent).max_concurrent_tasks, c.active,"  # noqa: S608
+            f" {claimed} FROM claim_next_task($1, $2, $3, $4, $5, $6) AS c"
         )
 
     @asynccontextmanager
@@ -201,28 +159,26 @@ class Driver:
     async def claim_next(
         self, name: str, policy: Policy, *, project_id: int | None = None, tags: list[str] | None = None
     ) -> tuple[Task | None, Effects]:
-        """claimNextTask for the agent called `name`: lifecycle.claim_next's rules in two
-        statements (docs/ARCHITECTURE.md, "Claiming"). NotFound for an unknown or
-        unregistered agent, LimitReached when it holds its maxConcurrentTasks. The caller
-        publishes the Effects (the CLAIMED event; the agent turning BUSY)."""
+        """claimNextTask for the agent called `name`: lifecycle.claim_next's rules in one call
+        of the claim_next_task() function (docs/ARCHITECTURE.md, "Claiming"). NotFound for an
+        unknown or unregistered agent, LimitReached when it holds its maxConcurrentTasks. The
+        caller publishes the Effects (the CLAIMED event; the agent turning BUSY)."""
         now = utcnow()
-        async with self.connection() as conn, conn.transaction():
-            locked = await conn.fetchrow(self._lock_for_claim, name, _ACTIVE)
-            if locked is None or locked["deleted_at"] is not None:
-                raise not_registered(name)
-            if locked["active"] >= locked["max_concurrent_tasks"]:
-                raise limit_reached(name, locked["active"], locked["max_concurrent_tasks"])
-            if not locked["skill_sets"]:
-                return None, Effects()
-            lease = now + timedelta(seconds=policy.lease_seconds)
-            record = await conn.fetchrow(
-                self._claim, locked["id"], now, lease, locked["skill_sets"], name, project_id, tags or None, _ACTIVE
-            )
-        effects = Effects()
+        lease = now + timedelta(seconds=policy.lease_seconds)
+        async with self.connection() as conn:
+            record = await conn.fetchrow(self._claim, name, now, lease, _ACTIVE, project_id, tags or None)
         if record is None:
+            raise not_registered(name)
+        agent_id, status, deleted_at, limit, active, *values = record.values()
+        if deleted_at is not None:
+            raise not_registered(name)
+        if active >= limit:
+            raise limit_reached(name, active, limit)
+        effects = Effects()
+        if values[0] is None:  # nothing claimed (the task's id is NULL)
             return None, effects
-        task: Task = self.tables[Task].instance(record)
+        task: Task = self.tables[Task].from_values(values)
         effects.events.append(WrittenEvent(task.id, TaskEventType.CLAIMED.value))
-        if locked["status"] != _BUSY:
-            effects.presence.append(PresenceChange(locked["id"], name, locked["status"], _BUSY, now))
+        if status != _BUSY:
+            effects.presence.append(PresenceChange(agent_id, name, status, _BUSY, now))
         return task, effects

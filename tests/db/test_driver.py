@@ -225,6 +225,46 @@ class TestFailures:
                 assert await conn.fetchval("SELECT pg_backend_pid()") != pids[0]
 
 
+async def seed_running_task(url: str, revision: str, *, max_tasks: int, lease: datetime, pending: int = 0) -> None:
+    """A database at `revision` holding agent 'a' (maxConcurrentTasks `max_tasks`) with one
+    RUNNING task whose lease ends at `lease`, and `pending` ready tasks."""
+    from alembic import command
+
+    from task_service.db.migrate import alembic_config
+
+    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        await conn.execute(
+            "INSERT INTO skill_sets (key, skills) VALUES ('', '[]');"
+            "INSERT INTO projects (name, status, created_at, updated_at) VALUES ('Launch', 'ACTIVE', now(), now())"
+        )
+        await conn.execute(
+            "INSERT INTO agents (name, skills, status, max_concurrent_tasks, registered_at, claimed_count,"
+            " completed_count, failed_count) VALUES ('a', '[]', 'ONLINE', $1, now(), 1, 0, 0)",
+            max_tasks,
+        )
+        task = (
+            "INSERT INTO tasks (project_id, title, task_type, status, priority, tags, required_skills,"
+            " skill_set_id, requires_review, attempt, max_attempts, unmet_dependencies, created_at,"
+            " updated_at, assignee_id, lease_expires_at) VALUES (1, $1, 'research', $2, 5, '[]',"
+            " '[]', 1, true, $3, 3, 0, now(), now(), $4, $5)"
+        )
+        await conn.execute(task, "running", "RUNNING", 1, 1, lease)
+        for i in range(pending):
+            await conn.execute(task, f"pending {i}", "PENDING", 0, None, None)
+    finally:
+        await conn.close()
+
+
+async def functions_named(url: str, name: str) -> int:
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = $1", name))
+    finally:
+        await conn.close()
+
+
 class TestUpgradeFrom0003:
     """Migration 0004 adds heartbeat_agent(): a database upgraded from 0003 with agents and
     tasks in it serves heartbeats at once, and a downgrade takes the function away again."""
@@ -239,25 +279,7 @@ class TestUpgradeFrom0003:
         url = await create_pg_database("ts_up0003")
         soon = datetime.now(UTC) + timedelta(seconds=30)
         try:
-            await asyncio.to_thread(command.upgrade, alembic_config(url), "0003")
-            conn = await asyncpg.connect(url.replace("+asyncpg", ""))
-            try:
-                await conn.execute(
-                    "INSERT INTO skill_sets (key, skills) VALUES ('', '[]');"
-                    "INSERT INTO projects (name, status, created_at, updated_at)"
-                    " VALUES ('Launch', 'ACTIVE', now(), now());"
-                    "INSERT INTO agents (name, skills, status, max_concurrent_tasks, registered_at, claimed_count,"
-                    " completed_count, failed_count) VALUES ('a', '[]', 'ONLINE', 3, now(), 1, 0, 0)"
-                )
-                await conn.execute(
-                    "INSERT INTO tasks (project_id, title, task_type, status, priority, tags, required_skills,"
-                    " skill_set_id, requires_review, attempt, max_attempts, unmet_dependencies, created_at,"
-                    " updated_at, assignee_id, lease_expires_at) VALUES (1, 't', 'research', 'RUNNING', 5, '[]',"
-                    " '[]', 1, true, 1, 3, 0, now(), now(), 1, $1)",
-                    soon,
-                )
-            finally:
-                await conn.close()
+            await seed_running_task(url, "0003", max_tasks=3, lease=soon)
 
             await upgrade_to_head(url)
 
@@ -276,10 +298,58 @@ class TestUpgradeFrom0003:
             assert lease > soon + timedelta(seconds=500)
 
             await asyncio.to_thread(command.downgrade, alembic_config(url), "0003")
-            conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+            assert await functions_named(url, "heartbeat_agent") == 0
+        finally:
+            await drop_pg_database(url)
+
+
+class TestUpgradeFrom0004:
+    """Migration 0005 adds claim_next_task(): a database upgraded from 0004 with an agent
+    holding a task and ready tasks claims at once, counting the task it already held, and a
+    downgrade takes the function away again."""
+
+    async def test_a_claim_after_the_upgrade_counts_the_task_already_held(self):
+        from alembic import command
+
+        from task_service.db.lifecycle import Policy
+        from task_service.db.migrate import alembic_config, upgrade_to_head
+        from task_service.errors import LimitReached
+        from task_service.services import Services
+        from tests.conftest import create_pg_database, drop_pg_database, make_settings
+
+        url = await create_pg_database("ts_up0004")
+        soon = datetime.now(UTC) + timedelta(seconds=30)
+        try:
+            await seed_running_task(url, "0004", max_tasks=2, lease=soon, pending=2)
+
+            await upgrade_to_head(url)
+
+            services = Services.build(make_settings(url))
+            await services.start()
             try:
-                assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'heartbeat_agent'") == 0
+                assert services.driver is not None
+                policy = Policy(lease_seconds=600)
+                task, effects = await services.driver.claim_next("a", policy)
+                with pytest.raises(LimitReached):
+                    await services.driver.claim_next("a", policy)
+                async with services.read() as session:
+                    held = (await session.execute(select(Task.id, Task.status, Task.lease_expires_at))).all()
+                    agent = await session.scalar(select(Agent).where(Agent.name == "a"))
             finally:
-                await conn.close()
+                await services.close()
+            assert task is not None
+            assert (task.id, task.status, task.attempt) == (2, "ASSIGNED", 1)
+            assert [(c.previous, c.status) for c in effects.presence] == [("ONLINE", "BUSY")]
+            assert [e.task_id for e in effects.events] == [2]
+            statuses = {task_id: status for task_id, status, _lease in held}
+            assert statuses == {1: "RUNNING", 2: "ASSIGNED", 3: "PENDING"}
+            # the claim renewed the lease of the task the agent already held
+            assert all(lease > soon + timedelta(seconds=500) for task_id, _s, lease in held if task_id in (1, 2))
+            assert agent is not None
+            assert (agent.status, agent.claimed_count) == ("BUSY", 2)
+
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0004")
+            assert await functions_named(url, "claim_next_task") == 0
+            assert await functions_named(url, "heartbeat_agent") == 1
         finally:
             await drop_pg_database(url)

@@ -355,3 +355,24 @@ class TestClaimConflicts:
         claimed = [t for t in got if t is not None]
         assert sorted(claimed, key=int) == ids
         assert got.count(None) == 3
+
+    @pytest.mark.postgres_only
+    async def test_one_agents_concurrent_claims_stop_at_its_limit(self, gql):
+        """Twenty claimNextTask calls of one agent at once: its maxConcurrentTasks win, the
+        rest are LIMIT_REACHED; each claim counts the tasks held after the agent's lock, so a
+        claim that waited for it sees the one committed before it."""
+        pid = await f.project(gql)
+        await f.agent(gql, name="greedy", maxConcurrentTasks=3)
+        for i in range(20):
+            await new_task(gql, pid, f"task {i}")
+
+        async def attempt() -> str:
+            try:
+                return "WON" if await claim_next(gql, "greedy") else "NONE"
+            except AssertionError as failure:
+                return str(getattr(failure, "code", failure))
+
+        outcomes = await asyncio.gather(*(attempt() for _ in range(20)))
+        assert sorted(outcomes) == ["LIMIT_REACHED"] * 17 + ["WON"] * 3
+        held = (await gql.execute('{ agent(name: "greedy") { currentTasks { id } } }'))["agent"]["currentTasks"]
+        assert len(held) == 3
