@@ -203,7 +203,7 @@ class Services:
         self, name: str, *, project_id: int | None = None, tags: list[str] | None = None
     ) -> Task | None:
         """claimNextTask for the agent called `name`: the best ready task it may take, or
-        None. On PostgreSQL two statements on the driver connection (db/driver.py), on
+        None. On PostgreSQL one call of claim_next_task() on the driver connection (db/driver.py), on
         SQLite the ORM path (db/lifecycle.py's claim_next), with the same rules."""
         if self.driver is not None:
             task, effects = await self.driver.claim_next(name, self.policy, project_id=project_id, tags=tags)
