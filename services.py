@@ -87,7 +87,11 @@ class Services:
         self.snapshots = TaskSnapshots(self.sessionmaker)
         self.agent_snapshots = AgentSnapshots(self.sessionmaker)
         self.shared_results = SingleFlight(capacity=1024)
-        self.sequencer = Sequencer(self.sessionmaker, on_sequenced=self.bus.publish_horizon)
+        self.sequencer = Sequencer(
+            self.sessionmaker,
+            stamp=self.driver.stamp_events if self.driver is not None else None,
+            on_sequenced=self.bus.publish_horizon,
+        )
         self.publisher = publisher_for(self.engine.dialect.name, self.bus, self.sequencer)
 
         async def compute(project_id: int | None) -> DashboardCounts:

@@ -4,8 +4,9 @@
 A read of one task by id costs about 570 µs of CPU through an ORM session and 180 µs as the
 same SELECT on the asyncpg connection under it (bench/PROFILE.md); a heartbeat is five
 round trips through the unit of work. Here the DataLoaders' rows by id, the heartbeat (one
-call of migration 0004's heartbeat_agent()) and claimNextTask (one call of migration
-0005's claim_next_task()) run as prepared statements on a connection
+call of migration 0004's heartbeat_agent()), claimNextTask (one call of migration 0005's
+claim_next_task()) and the event sequencer's pass (migration 0006's stamp_events()) run as
+prepared statements on a connection
 borrowed from the engine's own pool (same size, same pre-ping, same statement timeout), and
 come back as the ORM's model instances, filled without the ORM's per-row machinery, so every
 caller above sees the same types.
@@ -33,6 +34,7 @@ from .agents import hash_token, not_registered
 from .base import Base, M, utcnow
 from .effects import Effects, PresenceChange, WrittenEvent
 from .enums import ACTIVE_STATUSES, AgentStatus, TaskEventType
+from .events import SEQUENCER_LOCK_KEY
 from .lifecycle import Policy, limit_reached
 from .models import Agent, Project, Task
 
@@ -155,6 +157,13 @@ class Driver:
         if agent.status != previous:
             effects.presence.append(PresenceChange(agent.id, agent.name, previous, agent.status, now))
         return agent, effects
+
+    async def stamp_events(self) -> int:
+        """The event sequencer's pass (db/events.py's stamp_events) in one round trip: one
+        call of the stamp_events() function (migration 0006). Returns the horizon."""
+        async with self.connection() as conn:
+            horizon: int = await conn.fetchval("SELECT stamp_events($1)", SEQUENCER_LOCK_KEY)
+        return horizon
 
     async def claim_next(
         self, name: str, policy: Policy, *, project_id: int | None = None, tags: list[str] | None = None

@@ -36,10 +36,14 @@ class Sequencer:
         self,
         sessionmaker: Callable[[], AsyncSession],
         *,
+        stamp: Callable[[], Awaitable[int]] | None = None,
         poll_interval: float = 1.0,
         on_sequenced: SequencedCallback | None = None,
     ):
+        """`stamp`: a pass in one call returning the horizon (PostgreSQL's driver, db/driver.py);
+        None: db/events.py's stamp_events in a transaction of its own."""
         self._sessionmaker = sessionmaker
+        self._stamp = stamp
         self._poll_interval = poll_interval
         self._on_sequenced = on_sequenced
         self._wake = asyncio.Event()
@@ -86,8 +90,11 @@ class Sequencer:
         return True
 
     async def stamp_once(self) -> int:
-        async with self._sessionmaker() as session, session.begin():
-            horizon = await stamp_events(session)
+        if self._stamp is not None:
+            horizon = await self._stamp()
+        else:
+            async with self._sessionmaker() as session, session.begin():
+                horizon = await stamp_events(session)
         if horizon > self.horizon:
             self.horizon = horizon
             if self._on_sequenced is not None:

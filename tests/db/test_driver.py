@@ -12,18 +12,20 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from task_service.api.errors import _is_statement_timeout, _is_unavailable
 from task_service.db import agents as db_agents
-from task_service.db.base import Base, rows_by_ids
+from task_service.db.base import Base, rows_by_ids, utcnow
 from task_service.db.driver import Driver
-from task_service.db.models import Agent, Project, Task
+from task_service.db.events import _STAMP_SQL, SEQUENCER_LOCK_KEY
+from task_service.db.models import Agent, Project, Task, TaskEvent
 from task_service.db.session import create_engine
 from task_service.errors import NotFound
 from tests import factories as f
 from tests.conftest import wait_for_lock_waiter
+from tests.statements import count_statements
 
 pytestmark = pytest.mark.postgres_only
 
@@ -139,6 +141,72 @@ class TestHeartbeat:
         # Neither left its connection (or its lock) behind.
         assert services.engine.pool.checkedout() == 0
         assert (await gql.error('mutation { heartbeat(agent: "gone") { id } }')).code == "NOT_FOUND"
+
+
+class TestStampEvents:
+    """The sequencer's pass on PostgreSQL: one call of stamp_events() (migration 0006)."""
+
+    async def test_a_pass_is_one_round_trip(self, gql, services):
+        pid = await f.project(gql)
+        await f.task(gql, project_id=pid)
+        await unstamped_events(services, 2)
+        with count_statements(services) as counter:
+            horizon = await services.driver.stamp_events()
+            await asyncio.sleep(0)  # asyncpg calls its query loggers soon after, not at once
+        assert counter.statements == ["SELECT stamp_events($1)"]
+        assert await stamps(services) == list(range(1, horizon + 1))
+        assert horizon == 3
+
+    async def test_a_pass_waits_for_a_pass_in_flight_and_stamps_after_it(self, gql, services):
+        """A pass of the previous version (a transaction: the advisory lock, then the stamp)
+        holds the sequencer lock during a rolling upgrade; a stamp_events() call meanwhile
+        waits for it, then stamps what was committed since, after its stamps: every event
+        once, gap-free, in id order."""
+        pid = await f.project(gql)
+        await f.task(gql, project_id=pid)
+        await unstamped_events(services, 3)
+        async with services.sessionmaker() as previous, previous.begin():
+            await previous.execute(select(func.pg_advisory_xact_lock(SEQUENCER_LOCK_KEY)))
+            await previous.execute(_STAMP_SQL)
+            await unstamped_events(services, 2)  # committed while that pass holds the lock
+            waiting = asyncio.create_task(services.driver.stamp_events())
+            await wait_for_advisory_waiter(previous)
+            assert not waiting.done()
+        horizon = await waiting
+        assert horizon == 6
+        assert await stamps(services) == [1, 2, 3, 4, 5, 6]
+
+
+async def unstamped_events(services, count: int) -> None:
+    """`count` committed events of the first task, not stamped yet (as a writer leaves them)."""
+    async with services.sessionmaker() as session, session.begin():
+        task = await session.scalar(select(Task).order_by(Task.id).limit(1))
+        assert task is not None
+        for _ in range(count):
+            session.add(TaskEvent(task_id=task.id, project_id=task.project_id, type="UPDATED", created_at=utcnow()))
+
+
+async def stamps(services) -> list[int | None]:
+    """Every event's stamp, in id order."""
+    async with services.read() as session:
+        return list((await session.scalars(select(TaskEvent.seq).order_by(TaskEvent.id))).all())
+
+
+async def wait_for_advisory_waiter(session, *, deadline: float = 10) -> None:
+    """Poll until another connection waits for the sequencer's advisory lock, held by `session`."""
+    end = asyncio.get_running_loop().time() + deadline
+    while asyncio.get_running_loop().time() < end:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory' AND objid = :key"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"key": SEQUENCER_LOCK_KEY},
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no pass started waiting for the sequencer lock")
 
 
 class TestFailures:
