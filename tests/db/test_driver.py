@@ -421,3 +421,45 @@ class TestUpgradeFrom0004:
             assert await functions_named(url, "heartbeat_agent") == 1
         finally:
             await drop_pg_database(url)
+
+
+class TestUpgradeFrom0005:
+    """Migration 0006 adds stamp_events(): events a writer left unstamped in a database at
+    0005 are stamped by the upgraded service's sequencer, and a downgrade takes the function
+    away again."""
+
+    async def test_events_left_unstamped_before_the_upgrade_are_stamped_after_it(self):
+        from alembic import command
+
+        from task_service.db.migrate import alembic_config, upgrade_to_head
+        from task_service.services import Services
+        from tests.conftest import create_pg_database, drop_pg_database, make_settings
+
+        url = await create_pg_database("ts_up0005")
+        try:
+            await seed_running_task(url, "0005", max_tasks=2, lease=datetime.now(UTC) + timedelta(seconds=30))
+            conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+            try:
+                await conn.execute(
+                    "INSERT INTO task_events (task_id, project_id, type, created_at)"
+                    " VALUES (1, 1, 'CREATED', now()), (1, 1, 'CLAIMED', now())"
+                )
+            finally:
+                await conn.close()
+
+            await upgrade_to_head(url)
+
+            services = Services.build(make_settings(url))
+            await services.start()
+            try:
+                assert await services.sequencer.sync()
+                assert services.sequencer.horizon == 2
+                assert await stamps(services) == [1, 2]
+            finally:
+                await services.close()
+
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0005")
+            assert await functions_named(url, "stamp_events") == 0
+            assert await functions_named(url, "claim_next_task") == 1
+        finally:
+            await drop_pg_database(url)
