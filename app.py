@@ -279,6 +279,7 @@ def create_app_from_env() -> Starlette:
 
 
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest generation (CPython: 700)
+GC_OLDEST_THRESHOLD = 1  # middle-generation collections before a full one, less one (CPython: 10)
 
 
 def tune_gc() -> None:
@@ -286,7 +287,17 @@ def tune_gc() -> None:
     the schema) lives as long as the process, so it is moved out of the collector's passes
     (gc.freeze), and the youngest generation is collected after 10,000 allocations instead
     of 700. Fanning events out to 1,000 subscribers, the collector was 13.5 % of the server's
-    CPU (py-spy --native)."""
+    CPU (py-spy --native).
+
+    With the youngest generation collected that rarely, a full collection came only every
+    1.2 million allocations: about every 5 minutes at B9's moderate load, while what dies
+    in a cycle after surviving two young collections (the log tail's rows leaving its
+    window: SQLAlchemy's instance state is a cycle; a finished subscription's executor)
+    piled up for it, and the RSS rose to the pile's high-water mark and stayed there
+    (bench/PROFILE.md, B9). So a full collection follows every second collection of the
+    middle generation (about 220,000 allocations). CPython still skips it until the objects
+    promoted since the last one are a quarter of the old generation, so its cost stays
+    proportional to what was allocated; the frozen startup objects are never traversed."""
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+    _, older, _ = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, GC_OLDEST_THRESHOLD)

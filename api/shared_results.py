@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast, visit
+from graphql.execution.executor import Executor
 from graphql.execution.values import VariableValues
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
@@ -91,7 +92,7 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def build_per_event_executor(self, payload: Any) -> Any:
         event_key = getattr(payload, SHARE_ATTRIBUTE, None)
         if event_key is None or getattr(self.context_value, "shared_results", None) is None:
-            return super().build_per_event_executor(payload)
+            return _for_one_event(super().build_per_event_executor(payload))
         # graphql-core copies the whole executor for each event and subscriber; a shared
         # event needs that copy only once per selection, to compute the shared result.
         share_key = (event_key, self._selection(), getattr(self.context_value, "result_scope", None))
@@ -129,6 +130,17 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return self._selection_key
 
 
+def _for_one_event(executor: Executor[Any]) -> Executor[Any]:
+    """`executor`, a per-event copy of a subscription's executor, with a memo of collected
+    subfields of its own. graphql-core (3.3) copies the executor shallowly for each event, so
+    every event shared the subscription's memo, whose keys are the identities of field lists
+    that each execution builds anew (and keeps alive): one entry, with its collected fields,
+    per event for as long as the subscription lived (B9, bench/PROFILE.md). Within one event
+    the memo still serves every list item."""
+    executor._relevant_sub_fields = {}
+    return executor
+
+
 class _SharedEvent:
     """What `build_per_event_executor` returns for a shared event: graphql-core only calls
     its `execute_operation`, which hands out the shared result, executing the selection
@@ -151,7 +163,7 @@ class _SharedEvent:
             return result
 
         async def run() -> ExecutionResult:
-            executor = StrawberryGraphQLCoreExecutionContext.build_per_event_executor(parent, payload)
+            executor = _for_one_event(StrawberryGraphQLCoreExecutionContext.build_per_event_executor(parent, payload))
             result = executor.execute_operation(serially)
             if parent.is_awaitable(result):
                 result = await result

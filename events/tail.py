@@ -6,6 +6,12 @@ advance fetches the newly stamped events; subscribers whose cursor is inside the
 read them from memory and filter them in Python. A subscriber behind the window (a replay,
 a slow client) reads the database itself.
 
+The window holds what live subscribers need: the rows read in the last WINDOW_SECONDS, at
+most `capacity` of them. Each row costs about 2 KB (the ORM instance and its shared
+payload), so a window bounded only by count (10,000) held 20 MB once full, and at moderate
+load (25 events/s) took 7 minutes to fill: the server's RSS grew for that long (B9,
+bench/PROFILE.md). Bounded by age too, it is full after a minute at any event rate.
+
 Stamped events are visible as a gap-free prefix (events/sequencer.py), so "seq > end,
 in order" always returns a contiguous run and the window never has holes.
 """
@@ -27,14 +33,25 @@ from .bus import Listener
 
 log = logging.getLogger(__name__)
 REFRESH_LIMIT = 2000
+WINDOW_SECONDS = 60.0  # rows read longer ago than this leave the window
 
 
 class LogTail:
-    def __init__(self, sessionmaker: Callable[[], AsyncSession], *, capacity: int = 10_000):
+    def __init__(
+        self,
+        sessionmaker: Callable[[], AsyncSession],
+        *,
+        capacity: int = 10_000,
+        max_age: float = WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._sessionmaker = sessionmaker
         self._capacity = capacity
+        self._max_age = max_age
+        self._clock = clock  # what rows are aged by (tests pass their own)
         self._seqs: list[int] = []
         self._rows: list[TaskEvent] = []
+        self._read_at: list[float] = []  # the clock when each row was read, non-decreasing
         self._refreshing: asyncio.Event | None = None  # set when the refresh in flight ends
         self.start = 0  # the window holds seq in (start, end]
         self.end = -1  # -1: not initialised
@@ -120,6 +137,7 @@ class LogTail:
 
     async def _fetch(self) -> int:
         began = time.monotonic()
+        read_at = self._clock()
         async with self._sessionmaker() as session:
             if self.end < 0:
                 self.start = self.end = await max_seq(session)
@@ -132,18 +150,26 @@ class LogTail:
                     assert row.seq is not None
                     self._seqs.append(row.seq)
                     self._rows.append(row)
+                    self._read_at.append(read_at)
                 if rows:
                     self.end = rows[-1].seq or self.end
                 if len(rows) < REFRESH_LIMIT:
                     break
         # Only a refresh that answered counts for callers waiting on `started_after`.
         self._last_started = began
-        overflow = len(self._rows) - self._capacity
-        if overflow > 0:
-            self.start = self._seqs[overflow - 1]
-            del self._seqs[:overflow]
-            del self._rows[:overflow]
+        self._trim(read_at)
         return self.end
+
+    def _trim(self, now: float) -> None:
+        """Drop the oldest rows beyond `capacity` and those read more than `max_age` ago; the
+        window then starts after the last one dropped."""
+        expired = bisect.bisect_left(self._read_at, now - self._max_age)
+        drop = max(len(self._rows) - self._capacity, expired)
+        if drop > 0:
+            self.start = self._seqs[drop - 1]
+            del self._seqs[:drop]
+            del self._rows[:drop]
+            del self._read_at[:drop]
 
     def covers(self, cursor: int) -> bool:
         return self.end >= 0 and self.start <= cursor <= self.end

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+
+import pytest
+from graphql.execution.collect_fields import FieldDetails
 
 from task_service.resolvers.context import Context
 from tests import factories as f
@@ -86,3 +90,37 @@ class TestNoLeaks:
         await wait_until(lambda: services.stats_hub.producers == 0, what="stats producers to stop")
         await wait_until(lambda: len(asyncio.all_tasks()) <= tasks, what="tasks to finish")
         assert services.stats_hub._feeds == {}
+
+    @pytest.mark.parametrize("shared", [True, False], ids=["shared", "unshared"])
+    async def test_a_long_subscription_keeps_nothing_per_event(self, gql, schema, services, shared):
+        """A live subscription holds the same whatever the number of events it delivered.
+        graphql-core's per-event executors shared the subscription's memo of collected
+        subfields and added an entry per event (B9's growth): count the FieldDetails alive.
+        `shared`: the payload's execution is shared (api/shared_results.py) or, for a
+        connection without shared results, run by graphql-core for this subscriber."""
+        pid = await f.project(gql)
+        connection = Context(services) if shared else _Unshared(services)
+
+        async def deliver(count: int) -> None:
+            for i in range(count):
+                await f.task(gql, project_id=pid, title=f"t{i}")
+                assert (await sub.next())["type"] == "CREATED"
+
+        def field_details_alive() -> int:
+            gc.collect()
+            return sum(1 for o in gc.get_objects() if type(o) is FieldDetails)
+
+        events = 40
+        async with Sub(schema, services, TASK_EVENTS, context=connection, after="0") as sub:
+            await deliver(5)
+            before = field_details_alive()
+            await deliver(events)
+            grown = field_details_alive() - before
+        # With the shared memo: one entry per event, holding a FieldDetails per selected field (7).
+        assert grown < events, f"{grown} more FieldDetails alive after {events} more events"
+
+
+class _Unshared(Context):
+    """A connection whose subscriptions execute each event themselves."""
+
+    shared_results = None

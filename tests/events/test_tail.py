@@ -94,6 +94,37 @@ class TestSharedTail:
         expected = [e for e in await all_events(gql) if int(e["id"]) > cursor]
         assert_exact_log(got, expected)
 
+    async def test_rows_read_longer_ago_than_the_window_leave_it(self, gql, schema, services):
+        """The window is bounded by age as well as by count: rows read more than `max_age`
+        seconds before a refresh leave memory (B9: a count alone took minutes to fill), and
+        a subscriber whose cursor they covered reads them from the log."""
+        now = [0.0]
+        services.tail = LogTail(services.sessionmaker, max_age=60, clock=lambda: now[0])
+        pid = await f.project(gql)
+        await f.task(gql, project_id=pid, title="before")
+        await services.tail.refresh()  # the window starts at the log's end
+        opened_at = services.tail.end
+        for i in range(5):
+            await f.task(gql, project_id=pid, title=f"old{i}")
+        await services.tail.refresh()
+        tail = services.tail
+        assert (tail.start, tail.end - opened_at) == (opened_at, 5)
+        now[0] = 59.0  # still inside the window: nothing leaves
+        await f.task(gql, project_id=pid, title="mid")
+        await services.tail.refresh()
+        assert (tail.start, tail.end - opened_at) == (opened_at, 6)
+        now[0] = 61.0  # the first five were read 61 s ago, the sixth 2 s ago
+        for i in range(2):
+            await f.task(gql, project_id=pid, title=f"new{i}")
+        await services.tail.refresh()
+        assert (tail.start - opened_at, tail.end - opened_at) == (5, 8)
+        cursor = opened_at + 2
+        assert not tail.covers(cursor)
+        async with Sub(schema, services, TASK_EVENTS, after=str(cursor)) as sub:
+            got = await sub.take(6)
+        expected = [e for e in await all_events(gql) if int(e["id"]) > cursor]
+        assert_exact_log(got, expected)
+
     async def test_filtered_subscriber_on_the_tail_matches_the_filtered_log(self, gql, schema, services):
         p1 = await f.project(gql, name="P1")
         p2 = await f.project(gql, name="P2")
