@@ -121,6 +121,10 @@ async def until_riding(services: Services, gql: Any, project_id: str, count: int
     raise AssertionError(f"only {services.fan_out.riders} of {count} subscribers ride")
 
 
+def group_tasks() -> int:
+    return sum(task.get_name() == "taskEvents-fan-out" and not task.done() for task in asyncio.all_tasks())
+
+
 def everyone_has(group: list[Rider], seq: int) -> bool:
     return all(seq in rider.ids or rider.failure() for rider in group)
 
@@ -152,7 +156,22 @@ class TestOneGroup:
         pid = await f.project(gql)
         async with riders(services, FakeSeat(), FakeSeat()) as group:
             await until_riding(services, gql, pid, 2, group)
-        await wait_until(lambda: len(services.fan_out) == 0 and services.fan_out.riders == 0, what="no group")
+            assert group_tasks() == 1
+        await wait_until(lambda: len(services.fan_out) == 0 and group_tasks() == 0, what="no group left running")
+
+    async def test_a_rider_ahead_of_the_group_is_sent_only_events_past_its_cursor(self, gql, services):
+        """A subscriber may be caught up further than an idle group (here: it starts after
+        a cursor the log has not reached): the group skips what is behind it."""
+        pid = await f.project(gql)
+        async with riders(services, FakeSeat()) as group:
+            await until_riding(services, gql, pid, 1, group)
+            now = (await log_ids(gql))[-1]
+            async with riders(services, FakeSeat(), after=now + 2) as (ahead,):
+                await wait_until(lambda: services.fan_out.riders == 2, what="the rider ahead to join")
+                for n in range(3):
+                    last = await new_task(gql, pid, f"t{n}")
+                await wait_until(partial(everyone_has, [*group, ahead], last), what="the last event")
+        assert ahead.received == [(now + 3, "group")]
 
 
 class TestLettingGo:
