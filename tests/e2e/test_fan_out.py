@@ -360,3 +360,54 @@ class TestSlowSubscriber:
             print(f"slow subscriber: let go after {bursts} bursts of 200 events, {behind} events behind")
             for conn in [slow, *others]:
                 assert conn.events("s") == expected
+
+    async def test_a_rider_let_go_far_behind_is_cut_off_with_its_cursor_and_resumes_without_loss(
+        self, e2e_pg_url: str, tmp_path: Path
+    ) -> None:
+        """Once let go, a subscriber is back under MAX_SUBSCRIBER_LAG: more than that many
+        events behind, it is ended with an error carrying its cursor, and resuming from
+        that cursor misses and repeats nothing."""
+        lag = 50
+        async with (
+            running_server(e2e_pg_url, tmp_path, MAX_SUBSCRIBER_LAG=str(lag)) as server,
+            graphql_client(server.url) as gql,
+        ):
+            project_id = await factories.project(gql, name=f"cut-{uuid.uuid4().hex[:8]}")
+            after = int(await last_event_id(gql))
+            fields = "id type task { id description }"
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+            async with Conn.open(server, sock=sock) as slow, Conn.open(server) as other:
+                for conn in (slow, other):
+                    await conn.subscribe("s", fields, after=str(after), p=project_id)
+                await until_riding(server, gql, project_id, 2)
+                slow.ws.transport.pause_reading()
+
+                async def let_go() -> bool:
+                    if (await fan_out(server))["riders"] <= 1:
+                        return True
+                    await create_tasks(gql, project_id, 200, description="x" * 5000)
+                    return False
+
+                assert await poll(let_go, within=120, interval=0.1), await fan_out(server)
+                await create_tasks(gql, project_id, 4 * lag, description="x")
+                slow.ws.transport.resume_reading()
+                assert await poll(lambda: any(map(_ended, slow.by_op["s"])), within=DEADLINE)
+            ending = next(n for n, message in enumerate(slow.by_op["s"]) if _ended(message))
+            ended = slow.by_op["s"][ending]
+            errors = ended["payload"] if ended["type"] == "error" else ended["payload"]["errors"]
+            assert errors[0]["extensions"]["code"] == "CONFLICT", errors
+            cursor = int(errors[0]["extensions"]["cursor"])
+            seen = [int(m["payload"]["data"]["taskEvents"]["id"]) for m in slow.by_op["s"][:ending]]
+            assert cursor == (seen[-1] if seen else after), "the cursor is that of the last event it was sent"
+            expected = await events_of(gql, project_id, after, "id")
+            async with Conn.open(server) as again:
+                await again.subscribe("s", "id", after=str(cursor), p=project_id)
+                await until_received([(again, "s")], int(expected[-1]["id"]))
+            assert seen + again.ids("s") == [int(event["id"]) for event in expected]
+
+
+def _ended(message: dict[str, Any]) -> bool:
+    """An error ending the operation (`error`, or a `next` carrying errors)."""
+    return message["type"] == "error" or bool(message.get("payload", {}).get("errors"))
