@@ -99,6 +99,8 @@ def create_app(settings: Settings) -> Starlette:
                 "listeners": services.bus.listener_count,
                 "reconnects": services.bus.reconnects,
             },
+            # taskEvents subscribers riding a fan-out group (events/fanout.py), and the groups.
+            "fanOut": {"groups": len(services.fan_out), "riders": services.fan_out.riders},
             "tasks": len(asyncio.all_tasks()),
         }
         reasons = []

@@ -24,6 +24,7 @@ from .db.models import Agent, Task
 from .db.session import READ_ONLY, Sessionmaker, create_engine, create_sessionmaker
 from .db.stats import DashboardCounts, dashboard_counts
 from .events.bus import EventBus
+from .events.fanout import FanOut
 from .events.publish import Publisher, publisher_for
 from .events.sequencer import Sequencer
 from .events.single_flight import SingleFlight
@@ -48,6 +49,7 @@ class Services:
     publisher: Publisher = field(init=False)
     stats_hub: StatsHub[DashboardCounts] = field(init=False)
     tail: LogTail = field(init=False)
+    fan_out: FanOut = field(init=False)
     snapshots: TaskSnapshots = field(init=False)
     agent_snapshots: AgentSnapshots = field(init=False)
     shared_results: SingleFlight[Any] = field(init=False)
@@ -84,6 +86,7 @@ class Services:
             RateLimiter(limit, self.settings.rate_limit_storage_url, namespace=self._database_key()) if limit else None
         )
         self.tail = LogTail(self.sessionmaker)
+        self.fan_out = FanOut(self, max_lag=self.settings.max_subscriber_lag)
         self.snapshots = TaskSnapshots(self.sessionmaker)
         self.agent_snapshots = AgentSnapshots(self.sessionmaker)
         self.shared_results = SingleFlight(capacity=1024)
@@ -129,6 +132,7 @@ class Services:
 
     async def close(self) -> None:
         await self.publisher.stop()
+        await self.fan_out.close()
         await self.tail.close()
         await self.bus.stop()
         await self.engine.dispose()

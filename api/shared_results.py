@@ -17,8 +17,8 @@ the key: the Context's `result_scope`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, Callable, Hashable, Mapping
+from typing import Any, TypeVar
 
 from graphql import ExecutionResult, FieldNode, VariableNode, Visitor, print_ast, visit
 from graphql.execution.executor import Executor
@@ -27,6 +27,9 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from ..events.single_flight import MISSING
 from ..schema.sharing import SHARE_ATTRIBUTE
+from .broadcast import introduce
+
+T = TypeVar("T")
 
 
 class SharedPayloads:
@@ -95,10 +98,16 @@ class SharingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             return _for_one_event(super().build_per_event_executor(payload))
         # graphql-core copies the whole executor for each event and subscriber; a shared
         # event needs that copy only once per selection, to compute the shared result.
-        share_key = (event_key, self._selection(), getattr(self.context_value, "result_scope", None))
+        share_key = (event_key, self.selection_key(), getattr(self.context_value, "result_scope", None))
         return _SharedEvent(self, payload, share_key)
 
-    def _selection(self) -> Hashable:
+    def cancellable_iterable(self, iterable: AsyncIterable[T]) -> AsyncIterable[T]:
+        # graphql-core calls this once per subscription, with the resolver's source stream
+        # before it first runs: the operation's fan-out seat renders with this executor.
+        introduce(self)
+        return super().cancellable_iterable(iterable)
+
+    def selection_key(self) -> Hashable:
         """The operation's per-event shape: the root fields' selections (not their arguments,
         which only choose the events), the fragments, and the variables used inside them."""
         if self._selection_key is None:

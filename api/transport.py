@@ -38,7 +38,7 @@ from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler, Operation
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message as TransportWSMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
@@ -51,6 +51,7 @@ from ..resolvers.auth import Caller, authenticate, header_credentials
 from ..resolvers.context import Context
 from ..services import Services
 from ..settings import Settings
+from .broadcast import current_seat, open_seat
 from .shared_results import shared_payloads
 from .ws_frames import SCOPE_KEY, FrameWriter
 
@@ -172,6 +173,14 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         if isinstance(socket, WebSocket):
             self._socket = socket
             self._frames = socket.scope.get(SCOPE_KEY)
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        """Strawberry's, with a seat for taskEvents' fan-out (api/broadcast.py) when this
+        connection's frames can be written directly (uncompressed)."""
+        frames, socket = self._frames, self._socket
+        if frames is not None and socket is not None and not frames.compressed:
+            open_seat(_next_prefix(operation.id), frames, socket, cast(GraphQLApp, self.view).shared_data)
+        await super().run_operation(operation)
 
     async def send_message(self, message: TransportWSMessage) -> None:
         """Strawberry's, except that a `next` message carrying a shared result is written to
@@ -311,6 +320,10 @@ class GraphQLApp(GraphQL[Context, None]):
         if isinstance(request, Request) and not caller.authenticated:
             if not self.should_render_graphql_ide(self.request_adapter_class(request)):
                 raise unauthenticated(caller)
+        if isinstance(request, WebSocket):
+            return Context(
+                services=self.services, request=request, response=response, caller=caller, fan_out_seat=current_seat
+            )
         return Context(services=self.services, request=request, response=response, caller=caller)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
@@ -336,10 +349,15 @@ class GraphQLApp(GraphQL[Context, None]):
         payload = message.get("payload")
         if type(payload) is not dict or len(payload) != 1 or "data" not in payload:
             return None
-        encoded = shared_payloads.encoded_bytes(payload["data"], super().encode_json)
+        encoded = self.shared_data(payload["data"])
         if encoded is None:
             return None
         return _next_prefix(message["id"]) + encoded + b"}"
+
+    def shared_data(self, data: object) -> bytes | None:
+        """The encoded `{"data": data}` of a shared subscription result (encoded once for
+        all its subscribers, api/shared_results.py); None for any other data."""
+        return shared_payloads.encoded_bytes(data, super().encode_json)
 
     def encode_json(self, data: object) -> str | bytes:
         """Strawberry's, except for `next` messages carrying a shared result (shared_next)."""

@@ -63,6 +63,12 @@ class FrameWriter:
             return None
         return cls(protocol)
 
+    @property
+    def compressed(self) -> bool:
+        """Whether the connection negotiated per-message compression (fixed once open): this
+        writer then declines every message."""
+        return bool(self._protocol.conn.extensions)
+
     def write_text(self, payload: bytes) -> bool:
         """Write `payload` as one text frame and return True; or write nothing and return
         False when the message must go through ASGI's send (see the module docstring)."""

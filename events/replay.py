@@ -30,7 +30,8 @@ from ..db.events import list_events
 from ..db.health import unreachable
 from ..db.models import TaskEvent
 from ..errors import DomainError, ErrorCode
-from .bus import EventBus
+from .bus import EventBus, Listener
+from .fanout import Position, Ride
 from .tail import LogTail
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,20 @@ async def until_answered(read: Callable[[], Awaitable[T]]) -> T:
 
 
 async def follow_events(
-    source: EventLog, *, after: int | None, where: EventFilter, max_lag: int = DEFAULT_MAX_LAG
+    source: EventLog,
+    *,
+    after: int | None,
+    where: EventFilter,
+    max_lag: int = DEFAULT_MAX_LAG,
+    ride: Ride | None = None,
+    position: Position | None = None,
 ) -> AsyncIterator[TaskEvent]:
-    """Yield stamped events with seq > after (or from now when after is None), in order."""
+    """Yield stamped events with seq > after (or from now when after is None), in order.
+
+    With `ride`, whenever the subscriber is caught up it rides its fan-out group
+    (events/fanout.py), which sends it the events meanwhile, and carries on from the cursor
+    the group let it go at. `position` is told when the loop waits and wakes (a group's own
+    loop)."""
     bus, tail = source.bus, source.tail
     # Woken once per horizon, when the tail already holds it (LogTail.wake_when_read).
     with bus.listen(defer=tail.wake_when_read) as listener:
@@ -133,11 +145,26 @@ async def follow_events(
                 cursor = max(cursor, next_cursor)
             since = None
             if listener.horizon <= cursor and not listener.resync_pending:
+                resumed = None if ride is None else await ride.ride(cursor)
+                if resumed is not None:
+                    cursor = max(cursor, resumed)
                 # Woken by the bus; the timeout is a safety poll of the database's horizon.
-                if not await listener.wait(SAFETY_POLL_SECONDS):
+                elif not await _wait(listener, position, cursor):
                     since = time.monotonic() - SAFETY_POLL_SECONDS / 2
             if listener.take_resync():
                 since = bus.resynced_at
+
+
+async def _wait(listener: Listener, position: Position | None, cursor: int) -> bool:
+    """listener.wait, telling `position` that meanwhile everything up to `cursor` is
+    delivered (a fan-out group admits members only then)."""
+    if position is None:
+        return await listener.wait(SAFETY_POLL_SECONDS)
+    position.idle(cursor)
+    try:
+        return await listener.wait(SAFETY_POLL_SECONDS)
+    finally:
+        position.busy()
 
 
 async def _read_log(source: EventLog, where: EventFilter, cursor: int, horizon: int) -> list[TaskEvent]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket
 
 from ..errors import BadInput
+from ..events.fanout import Seat
 from ..events.single_flight import SingleFlight
 from ..services import Services
 from ..settings import Settings
@@ -29,6 +30,9 @@ class Context:
     # The WebSocket connection_init payload; strawberry sets it before on_ws_connect.
     connection_params: dict[str, Any] | None = None
     subscriptions: int = 0
+    # The running subscription's seat in a fan-out group (events/fanout.py), when its
+    # transport can write shared events itself (api/broadcast.py); else None.
+    fan_out_seat: Callable[[], Seat | None] = field(default=lambda: None, repr=False)
 
     @cached_property
     def loaders(self) -> Loaders:

@@ -17,6 +17,7 @@ from ..db import agents as db_agents
 from ..db import models
 from ..db.base import utcnow
 from ..errors import DomainError, ErrorCode, NotFound
+from ..events.fanout import Ride
 from ..events.replay import EventFilter, SubscriberTooSlow, follow_events, until_answered
 from ..schema import validate
 from ..schema.agents import Agent, AgentPresenceEvent
@@ -104,12 +105,17 @@ class Subscription:
             task_id=validate.optional_id(task_id, "taskId"),
             agent_id=await _agent_id(info, agent),
         )
+        services = info.context.services
         async with _slot(info, "taskEvents") as delivered:
+            seat = info.context.fan_out_seat()
+            # Live, it rides the fan-out group of its selection and filter (events/fanout.py).
+            ride = None if seat is None else Ride(services.fan_out, seat, where, _task_event, delivered.inc)
             async for row in follow_events(
-                info.context.services,
+                services,
                 after=cursor,
                 where=where,
                 max_lag=info.context.settings.max_subscriber_lag,
+                ride=ride,
             ):
                 delivered.inc()
                 yield _task_event(row)
