@@ -15,8 +15,9 @@ from .models import Agent
 UNREACHABLE = "database unreachable"
 NOT_MIGRATED = "database not migrated"
 
-# PostgreSQL: undefined table, undefined column; SQLite says it in words.
-_MISSING_SCHEMA_STATES = ("42P01", "42703")
+# PostgreSQL: undefined table, undefined column, undefined function (the hot paths' functions
+# come with migrations 0004 to 0006); SQLite says it in words.
+_MISSING_SCHEMA_STATES = ("42P01", "42703", "42883")
 _MISSING_SCHEMA_WORDS = ("no such table", "no such column")
 
 
