@@ -107,6 +107,15 @@ class Conn:
         return [int(event["id"]) for event in self.events(op)]
 
 
+def small_buffer_socket(server: Server) -> socket.socket:
+    """A connection to the server with a 4 KB receive buffer: paused, it backs the server's
+    writes up after a few events."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    return sock
+
+
 async def fan_out(server: Server) -> dict[str, int]:
     return dict((await health(server))["fanOut"])
 
@@ -326,9 +335,7 @@ class TestSlowSubscriber:
             project_id = await factories.project(gql, name=f"slow-{uuid.uuid4().hex[:8]}")
             after = int(await last_event_id(gql))
             fields = "id type task { id description }"
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+            sock = small_buffer_socket(server)
             async with contextlib.AsyncExitStack() as stack:
                 slow = await stack.enter_async_context(Conn.open(server, sock=sock))
                 others = [await stack.enter_async_context(Conn.open(server)) for _ in range(3)]
@@ -375,9 +382,7 @@ class TestSlowSubscriber:
             project_id = await factories.project(gql, name=f"cut-{uuid.uuid4().hex[:8]}")
             after = int(await last_event_id(gql))
             fields = "id type task { id description }"
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+            sock = small_buffer_socket(server)
             async with Conn.open(server, sock=sock) as slow, Conn.open(server) as other:
                 for conn in (slow, other):
                     await conn.subscribe("s", fields, after=str(after), p=project_id)
