@@ -158,6 +158,27 @@ class Task(Base):
             postgresql_where=text(CLAIMABLE_LATER),
             sqlite_where=text(CLAIMABLE_LATER),
         ),
+        # claimNextTask(projectId): the same two, per project, so that a claim for one
+        # project never reads other projects' candidates (migration 0007).
+        Index(
+            "ix_tasks_claim_project",
+            "project_id",
+            "skill_set_id",
+            text("priority DESC"),
+            "due_at",
+            "created_at",
+            "id",
+            postgresql_where=text(CLAIMABLE_NOW),
+            sqlite_where=text(CLAIMABLE_NOW),
+        ),
+        Index(
+            "ix_tasks_claim_project_scheduled",
+            "project_id",
+            "skill_set_id",
+            "available_at",
+            postgresql_where=text(CLAIMABLE_LATER),
+            sqlite_where=text(CLAIMABLE_LATER),
+        ),
         # The reaper's scans: expiring leases and running tasks that may time out.
         Index(
             "ix_tasks_lease",

@@ -463,3 +463,84 @@ class TestUpgradeFrom0005:
             assert await functions_named(url, "claim_next_task") == 1
         finally:
             await drop_pg_database(url)
+
+
+async def indexes_named(url: str, *names: str) -> list[str]:
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        rows = await conn.fetch("SELECT indexname FROM pg_indexes WHERE indexname = ANY($1) ORDER BY 1", list(names))
+        return [r["indexname"] for r in rows]
+    finally:
+        await conn.close()
+
+
+class TestUpgradeFrom0006:
+    """Migration 0007 adds per-project claim indexes and a claim_next_task() whose
+    project-filtered form reads them: a database upgraded from 0006, with ready tasks in two
+    projects, claims from the project asked for, holding the agent's other task and limit, and
+    a downgrade restores 0005's function, which still claims, and drops the indexes."""
+
+    async def test_a_claim_for_a_project_after_the_upgrade_takes_that_projects_task(self):
+        from alembic import command
+
+        from task_service.db.lifecycle import Policy
+        from task_service.db.migrate import alembic_config, upgrade_to_head
+        from task_service.errors import LimitReached
+        from task_service.services import Services
+        from tests.conftest import create_pg_database, drop_pg_database, make_settings
+
+        url = await create_pg_database("ts_up0006")
+        new_indexes = ("ix_tasks_claim_project", "ix_tasks_claim_project_scheduled")
+        try:
+            await seed_running_task(
+                url, "0006", max_tasks=3, lease=datetime.now(UTC) + timedelta(seconds=30), pending=3
+            )
+            conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+            try:  # a second project, its two ready tasks younger than project 1's (ids 5 and 6)
+                await conn.execute(
+                    "INSERT INTO projects (name, status, created_at, updated_at)"
+                    " VALUES ('Other', 'ACTIVE', now(), now());"
+                    "INSERT INTO tasks (project_id, title, task_type, status, priority, tags, required_skills,"
+                    " skill_set_id, requires_review, attempt, max_attempts, unmet_dependencies, created_at, updated_at)"
+                    " SELECT 2, 'other ' || i, 'research', 'PENDING', 5, '[]', '[]', 1, true, 0, 3, 0,"
+                    " now() + interval '1 minute', now() FROM generate_series(1, 2) AS i"
+                )
+            finally:
+                await conn.close()
+
+            await upgrade_to_head(url)
+            assert await indexes_named(url, *new_indexes) == list(new_indexes)
+
+            services = Services.build(make_settings(url))
+            await services.start()
+            try:
+                assert services.driver is not None
+                policy = Policy(lease_seconds=600)
+                first, _ = await services.driver.claim_next("a", policy, project_id=2)
+                second, _ = await services.driver.claim_next("a", policy, project_id=2)
+                with pytest.raises(LimitReached):  # the RUNNING task it held counts
+                    await services.driver.claim_next("a", policy, project_id=1)
+            finally:
+                await services.close()
+            assert first is not None
+            assert second is not None
+            assert [(t.id, t.project_id, t.status) for t in (first, second)] == [(5, 2, "ASSIGNED"), (6, 2, "ASSIGNED")]
+
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0006")
+            assert await indexes_named(url, *new_indexes) == []
+            services = Services.build(make_settings(url))
+            await services.start()
+            try:
+                assert services.driver is not None
+                conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+                try:  # room for one more claim under 0005's function
+                    await conn.execute("UPDATE agents SET max_concurrent_tasks = 4")
+                finally:
+                    await conn.close()
+                third, _ = await services.driver.claim_next("a", Policy(lease_seconds=600), project_id=1)
+            finally:
+                await services.close()
+            assert third is not None
+            assert (third.id, third.project_id) == (2, 1)
+        finally:
+            await drop_pg_database(url)
