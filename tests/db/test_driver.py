@@ -474,11 +474,21 @@ async def indexes_named(url: str, *names: str) -> list[str]:
         await conn.close()
 
 
+async def table_options(url: str) -> list[str] | None:
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        options: list[str] | None = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'tasks'")
+        return options
+    finally:
+        await conn.close()
+
+
 class TestUpgradeFrom0006:
     """Migration 0007 adds per-project claim indexes and a claim_next_task() whose
-    project-filtered form reads them: a database upgraded from 0006, with ready tasks in two
-    projects, claims from the project asked for, holding the agent's other task and limit, and
-    a downgrade restores 0005's function, which still claims, and drops the indexes."""
+    project-filtered form reads them, drops the lease index and sets tasks' fillfactor: a
+    database upgraded from 0006, with ready tasks in two projects, claims from the project
+    asked for, holding the agent's other task and limit, and a downgrade restores 0005's
+    function, which still claims, the lease index and the fillfactor."""
 
     async def test_a_claim_for_a_project_after_the_upgrade_takes_that_projects_task(self):
         from alembic import command
@@ -509,7 +519,8 @@ class TestUpgradeFrom0006:
                 await conn.close()
 
             await upgrade_to_head(url)
-            assert await indexes_named(url, *new_indexes) == list(new_indexes)
+            assert await indexes_named(url, *new_indexes, "ix_tasks_lease") == list(new_indexes)
+            assert await table_options(url) == ["fillfactor=90"]
 
             services = Services.build(make_settings(url))
             await services.start()
@@ -527,7 +538,8 @@ class TestUpgradeFrom0006:
             assert [(t.id, t.project_id, t.status) for t in (first, second)] == [(5, 2, "ASSIGNED"), (6, 2, "ASSIGNED")]
 
             await asyncio.to_thread(command.downgrade, alembic_config(url), "0006")
-            assert await indexes_named(url, *new_indexes) == []
+            assert await indexes_named(url, *new_indexes, "ix_tasks_lease") == ["ix_tasks_lease"]
+            assert await table_options(url) is None
             services = Services.build(make_settings(url))
             await services.start()
             try:

@@ -6,8 +6,12 @@ rules of the ORM path it replaces, checked here on both databases."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
+import asyncpg
+import pytest
 from sqlalchemy import func, select
 
 from task_service.db.models import Agent, Task, TaskEvent
@@ -175,3 +179,46 @@ class TestTimesWithoutOffset:
             id=created["createTask"]["id"],
         )
         assert updated["updateTask"]["ready"] is False
+
+
+async def task_updates(database_url: str) -> tuple[int, int]:
+    """(updates, heap-only updates) of the tasks table so far, as the statistics hold them."""
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        row = await conn.fetchrow("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'tasks'")
+        return int(row["n_tup_upd"]), int(row["n_tup_hot_upd"])
+    finally:
+        await conn.close()
+
+
+async def settled_task_updates(database_url: str, *, at_least: int = 0) -> tuple[int, int]:
+    """task_updates once it holds `at_least` updates and stayed the same for 1.5 s: each
+    backend reports its counts within about a second of its transaction's end."""
+    deadline = time.monotonic() + 60
+    last = await task_updates(database_url)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.5)
+        now = await task_updates(database_url)
+        if now == last and now[0] >= at_least:
+            return now
+        last = now
+    raise AssertionError(f"the statistics did not settle: {last}")
+
+
+@pytest.mark.postgres_only
+class TestLeaseRenewal:
+    async def test_renewing_leases_writes_no_index_entries(self, gql, database_url):
+        """A heartbeat renews the lease of each task its agent holds: with no index on
+        lease_expires_at (migration 0007) each is a heap-only (HOT) update."""
+        pid = await f.project(gql)
+        await f.agent(gql, name="a", maxConcurrentTasks=3)
+        for i in range(3):
+            await f.task(gql, project_id=pid, title=f"t{i}")
+            assert (await gql.execute(CLAIM_NEXT))["claimNextTask"] is not None
+        updates, hot = await settled_task_updates(database_url)
+
+        for _ in range(5):
+            await gql.execute(HEARTBEAT)
+
+        after = await settled_task_updates(database_url, at_least=updates + 15)
+        assert (after[0] - updates, after[1] - hot) == (15, 15)

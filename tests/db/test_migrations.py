@@ -121,13 +121,14 @@ class TestMigrations:
         await upgrade_to_head(empty_database)
 
         def definitions(conn: Connection) -> dict[str, str]:
-            names = ["ix_tasks_claim_order", "ix_tasks_lease", "ix_task_events_unsequenced"]
+            names = ["ix_tasks_claim_order", "ix_tasks_claim_project", "ix_task_events_unsequenced"]
             return {name: index_definition(conn, name) for name in names}
 
         found = await run_on(empty_database, definitions)
 
         assert "priority DESC" in found["ix_tasks_claim_order"]
         assert "unmet_dependencies = 0" in found["ix_tasks_claim_order"]
+        assert "project_id, skill_set_id, priority DESC" in found["ix_tasks_claim_project"]
         assert all(" WHERE " in definition for definition in found.values()), found
 
     async def test_upgrade_seeds_task_type_defaults(self, empty_database: str) -> None:

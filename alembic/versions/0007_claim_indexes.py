@@ -1,26 +1,37 @@
-"""Claims for one project read that project's candidates only
+"""Claims: per-project indexes, lease renewals without index writes, generic plans
 
 Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-30 16:40:00
 
-claimNextTask(projectId) walked the claim index (skill set, then claim order) and filtered on
-the project, so it read past every ready task of other projects that came first in claim
-order: a claim for a project with 3 ready tasks, behind 10,000 older ready tasks of another
-project with the same skills, read 10,000 index entries and heap rows. The cost grew with
-other projects' backlogs, and under claim load with each claim made, since the claimed
-project's head moved on while the others' stayed. (bench/PROFILE.md, "B1 with two workers":
-it was why B1's later runs were slower than its first.)
+Three changes to what claimNextTask costs the database (bench/PROFILE.md, "B1, sixth round"):
 
-Two indexes like the claim indexes of 0001, led by the project: the ready tasks in claim
-order and the scheduled ones by time, per project and skill set. claim_next_task() is
-replaced by the same function with the claim statement in two forms: without a project (as
-before) and with `t.project_id = p_project`, which the planner serves from the new indexes.
-Everything else in the function is unchanged (migration 0005's docstring).
+1. Per-project claim indexes. claimNextTask(projectId) walked the claim index (skill set,
+   then claim order) and filtered on the project, so it read past every ready task of other
+   projects that came first in claim order: a claim for a project behind another project's
+   3,000 ready tasks with the same skills read 3,001 index entries and heap rows. The cost
+   grew with other projects' backlogs, and under claim load with every claim made, since the
+   claimed project's head moved on while the others' stayed. Two indexes like the claim
+   indexes of 0001, led by the project (the ready tasks in claim order, the scheduled ones by
+   time), and claim_next_task() with its claim statement in two forms, any project (as
+   before) and `t.project_id = p_project`, which the planner serves from the new indexes.
 
-No data changes; the indexes are built at upgrade, holding a lock that blocks writes to
-tasks while they build (seconds for a million tasks). The downgrade drops them and restores
-0005's function.
+2. No index on tasks.lease_expires_at (ix_tasks_lease dropped), and tasks' fillfactor 90. A
+   claim, a heartbeat and a progress report renew the leases of the agent's active tasks:
+   with the column indexed, every renewed row was a new row version with an entry in each of
+   the table's indexes. Now a renewal is a heap-only (HOT) update when its page has room,
+   which the fillfactor leaves on pages written from now on. The reaper's lease scan reads
+   the active tasks through ix_tasks_status instead: every ASSIGNED or RUNNING task once per
+   reaper pass, not only the overdue ones.
+
+3. claim_next_task() runs its statements with generic plans (plan_cache_mode), planned once
+   per connection instead of on each call; tests/db/test_claim_plan.py checks the generic
+   plan of the claim, the one a pooled connection uses.
+
+Everything else in the function is unchanged (migration 0005's docstring). No data changes;
+the indexes are built at upgrade, holding a lock that blocks writes to tasks while they
+build (seconds for a million tasks). The downgrade restores 0005's function and the lease
+index, drops the new indexes and resets the fillfactor.
 """
 
 import importlib.util
@@ -89,7 +100,8 @@ def _claim(project: str) -> str:
 PG_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION claim_next_task(
   p_agent text, p_now timestamptz, p_lease timestamptz, p_active text[], p_project bigint, p_tags text[]
-) RETURNS TABLE (agent agents, active bigint, task tasks) LANGUAGE plpgsql VOLATILE AS $$
+) RETURNS TABLE (agent agents, active bigint, task tasks) LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   locked agents;
@@ -144,8 +156,10 @@ def upgrade() -> None:
         postgresql_where=sa.text(CLAIMABLE_LATER),
         sqlite_where=sa.text(CLAIMABLE_LATER),
     )
+    op.drop_index("ix_tasks_lease", table_name="tasks")
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_FUNCTION)
+        op.execute("ALTER TABLE tasks SET (fillfactor = 90)")
 
 
 def downgrade() -> None:
@@ -157,5 +171,14 @@ def downgrade() -> None:
         previous = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(previous)
         op.execute(previous.PG_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+        op.execute("ALTER TABLE tasks RESET (fillfactor)")
     op.drop_index("ix_tasks_claim_project_scheduled", table_name="tasks")
     op.drop_index("ix_tasks_claim_project", table_name="tasks")
+    op.create_index(
+        "ix_tasks_lease",
+        "tasks",
+        ["lease_expires_at"],
+        unique=False,
+        postgresql_where=sa.text("status IN ('ASSIGNED', 'RUNNING')"),
+        sqlite_where=sa.text("status IN ('ASSIGNED', 'RUNNING')"),
+    )
