@@ -65,7 +65,7 @@ _BEST_OF_SET = """
 def _claim(project: str) -> str:
     """Claim the best task of the agent's skill sets and, only when one was claimed, log its
     CLAIMED event, count the claim, mark the agent BUSY with a fresh heartbeat and renew the
-    leases of its other active tasks."""
+    leases of its other active tasks, those that the renewal moves by a second or more."""
     ready = _BEST_OF_SET.format(when="t.available_at IS NULL", project=project)
     due = _BEST_OF_SET.format(when="t.available_at <= p_now", project=project)
     return f"""
@@ -92,7 +92,8 @@ def _claim(project: str) -> str:
     ),
     renewed AS (
       UPDATE tasks SET lease_expires_at = p_lease
-      WHERE tasks.assignee_id = locked.id AND tasks.status = ANY(p_active) AND EXISTS (SELECT 1 FROM picked)
+      WHERE tasks.assignee_id = locked.id AND tasks.status = ANY(p_active)
+        AND tasks.lease_expires_at < p_lease - interval '1 second' AND EXISTS (SELECT 1 FROM picked)
     )
     SELECT * INTO claimed FROM picked;"""  # noqa: S608 (fixed text, no input)
 
@@ -157,9 +158,11 @@ def upgrade() -> None:
         sqlite_where=sa.text(CLAIMABLE_LATER),
     )
     op.drop_index("ix_tasks_lease", table_name="tasks")
+    op.drop_index("ix_agents_status_heartbeat", table_name="agents")
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_FUNCTION)
         op.execute("ALTER TABLE tasks SET (fillfactor = 90)")
+        op.execute("ALTER TABLE agents SET (fillfactor = 70)")
 
 
 def downgrade() -> None:
@@ -172,6 +175,8 @@ def downgrade() -> None:
         spec.loader.exec_module(previous)
         op.execute(previous.PG_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
         op.execute("ALTER TABLE tasks RESET (fillfactor)")
+        op.execute("ALTER TABLE agents RESET (fillfactor)")
+    op.create_index("ix_agents_status_heartbeat", "agents", ["status", "last_heartbeat_at"], unique=False)
     op.drop_index("ix_tasks_claim_project_scheduled", table_name="tasks")
     op.drop_index("ix_tasks_claim_project", table_name="tasks")
     op.create_index(

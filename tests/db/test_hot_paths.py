@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -74,9 +75,11 @@ class TestClaimNext:
             assert events[-1] == ("CLAIMED", "PENDING", "ASSIGNED", "a", agent.id)
             assignee = await session.scalar(select(Task.assignee_id).where(Task.id == int(second["id"])))
             assert assignee == agent.id
-            # The claim renewed the lease of the task the agent already held.
+            # The claim renewed the lease of the task the agent already held, or (PostgreSQL,
+            # migration 0007) left it as it was when that moved it by less than a second.
             leases = dict((await session.execute(select(Task.id, Task.lease_expires_at))).all())
-        assert leases[int(first["id"])] == leases[int(second["id"])]
+        held, claimed = leases[int(first["id"])], leases[int(second["id"])]
+        assert claimed - timedelta(seconds=1) <= held <= claimed
         if backend == "postgresql":
             # One round trip: claim_next_task() (migration 0005), outside any BEGIN/COMMIT (the
             # sequencer's pass runs in its own task, not counted here).
@@ -181,44 +184,73 @@ class TestTimesWithoutOffset:
         assert updated["updateTask"]["ready"] is False
 
 
-async def task_updates(database_url: str) -> tuple[int, int]:
-    """(updates, heap-only updates) of the tasks table so far, as the statistics hold them."""
+async def updates_of(database_url: str, table: str) -> tuple[int, int]:
+    """(updates, heap-only updates) of `table` so far, as the statistics hold them."""
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        row = await conn.fetchrow("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'tasks'")
+        row = await conn.fetchrow("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1", table)
         return int(row["n_tup_upd"]), int(row["n_tup_hot_upd"])
     finally:
         await conn.close()
 
 
-async def settled_task_updates(database_url: str, *, at_least: int = 0) -> tuple[int, int]:
-    """task_updates once it holds `at_least` updates and stayed the same for 1.5 s: each
+async def settled_updates(database_url: str, table: str, *, at_least: int = 0) -> tuple[int, int]:
+    """updates_of once it holds `at_least` updates and stayed the same for 1.5 s: each
     backend reports its counts within about a second of its transaction's end."""
     deadline = time.monotonic() + 60
-    last = await task_updates(database_url)
+    last = await updates_of(database_url, table)
     while time.monotonic() < deadline:
         await asyncio.sleep(1.5)
-        now = await task_updates(database_url)
+        now = await updates_of(database_url, table)
         if now == last and now[0] >= at_least:
             return now
         last = now
-    raise AssertionError(f"the statistics did not settle: {last}")
+    raise AssertionError(f"the statistics of {table} did not settle: {last}")
+
+
+async def leases(services: Any) -> dict[int, Any]:
+    async with services.read() as session:
+        return dict((await session.execute(select(Task.id, Task.lease_expires_at))).all())
 
 
 @pytest.mark.postgres_only
-class TestLeaseRenewal:
+class TestRenewals:
+    """Migration 0007: what every agent call renews writes no index entries, and a claim
+    renews only the leases it moves by a second or more."""
+
     async def test_renewing_leases_writes_no_index_entries(self, gql, database_url):
-        """A heartbeat renews the lease of each task its agent holds: with no index on
-        lease_expires_at (migration 0007) each is a heap-only (HOT) update."""
         pid = await f.project(gql)
         await f.agent(gql, name="a", maxConcurrentTasks=3)
         for i in range(3):
             await f.task(gql, project_id=pid, title=f"t{i}")
             assert (await gql.execute(CLAIM_NEXT))["claimNextTask"] is not None
-        updates, hot = await settled_task_updates(database_url)
+        tasks = await settled_updates(database_url, "tasks")
+        agents = await settled_updates(database_url, "agents")
 
-        for _ in range(5):
+        for _ in range(5):  # each renews the 3 leases and sets the agent's heartbeat
             await gql.execute(HEARTBEAT)
 
-        after = await settled_task_updates(database_url, at_least=updates + 15)
-        assert (after[0] - updates, after[1] - hot) == (15, 15)
+        after = await settled_updates(database_url, "tasks", at_least=tasks[0] + 15)
+        assert (after[0] - tasks[0], after[1] - tasks[1]) == (15, 15)
+        after = await settled_updates(database_url, "agents", at_least=agents[0] + 5)
+        assert (after[0] - agents[0], after[1] - agents[1]) == (5, 5)
+
+    async def test_a_claim_renews_the_leases_it_moves_by_a_second_or_more(self, gql, services):
+        pid = await f.project(gql)
+        await f.agent(gql, name="a", maxConcurrentTasks=3)
+        for i in range(3):
+            await f.task(gql, project_id=pid, title=f"t{i}")
+        first = int((await gql.execute(CLAIM_NEXT))["claimNextTask"]["id"])
+        claimed_first = await leases(services)
+        second = int((await gql.execute(CLAIM_NEXT))["claimNextTask"]["id"])
+        claimed_second = await leases(services)
+        # within a second of its claim, the first task's lease stays as it was
+        assert claimed_second[first] == claimed_first[first]
+        await asyncio.sleep(1.2)
+
+        third = int((await gql.execute(CLAIM_NEXT))["claimNextTask"]["id"])
+
+        now = await leases(services)
+        assert now[first] > claimed_first[first] + timedelta(seconds=1)
+        assert now[second] > claimed_second[second] + timedelta(seconds=1)
+        assert now[first] == now[second] == now[third]
