@@ -60,6 +60,7 @@ import asyncpg
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_caps
 from b3_fanout import (
     DEFAULT_PG_ADMIN_DSN,
     HOST,
@@ -82,6 +83,8 @@ from b3_fanout import (
 BENCH_DIR = Path(__file__).resolve().parent
 # run in this order on the seeded database; w2 reruns B7, B2 and B1 with `serve --workers 2`
 SERVICE_STEPS = ("b7", "b2", "b5", "b1", "w2", "b8", "b9")
+# w2's capped runs: processes per run, alternated so that drift during the runs falls on both
+CAPPED_ORDER = (1, 2, 2, 1, 1, 2)
 RESULTS = BENCH_DIR / "RESULTS.md"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 
@@ -315,6 +318,7 @@ class Bench:
         self.log_tails: list[str] = []
         self.loads: dict[str, tuple[str, list[str], dict[str, Any]]] = {}  # bench -> B1/B2/B7's wrk load
         self.workers = 1  # the service's processes now
+        self.b1_runs = 0  # B1 runs after the first, each with agents of its own (fresh_b1)
         self.raw_loads: dict[str, tuple[str, str, list[str]]] = {}  # bench -> B2/B7's baseline: what, path, bodies
         self.lag_after = 0
 
@@ -543,11 +547,11 @@ class Bench:
         if self.sizes.warmup > 0:
             self.wrk(url, path, bodies, self.sizes.warmup, name=f"{bench}-warmup", **kw)
         before = self.server_sample()
-        machine0, processes0 = machine_cpu(), self.process_cpu()
+        machine0, processes0 = machine_cpu(), self.process_cpu(service)
         profiler = self.profile(bench) if service else None
         result = self.wrk(url, path, bodies, self.sizes.duration, name=bench, **kw)
         cpu, rss = self.server_usage(before)
-        machine1, processes1 = machine_cpu(), self.process_cpu()
+        machine1, processes1 = machine_cpu(), self.process_cpu(service)
         wall = max(machine1[1] - machine0[1], 1) / (os.cpu_count() or 1)
         if profiler is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -567,25 +571,27 @@ class Bench:
         if service and result["good"]:
             row.extra["server_cpu_ms_per_request"] = cpu / 100 * seconds / result["good"] * 1000
         # How busy the whole machine was (% of all its cores), and each server process's share
-        # of one core: with --workers, whether the processes shared the load.
+        # of one core (the service's or the baseline's): with --workers, whether the processes
+        # shared the load.
         row.extra["machine_busy_pct"] = round(100 * (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1), 1)
-        if service:
-            row.extra["process_cpu_pct"] = [
-                round(100 * (processes1[pid] - processes0[pid]) / wall, 1)
-                for pid in sorted(processes1)
-                if pid in processes0 and processes1[pid] - processes0[pid] > 0
-            ]
+        row.extra["process_cpu_pct"] = [
+            round(100 * (processes1[pid] - processes0[pid]) / wall, 1)
+            for pid in sorted(processes1)
+            if pid in processes0 and processes1[pid] - processes0[pid] > 0
+        ]
         problems = result["errors"] + result["socket_errors"] + result["timeouts"]
         if problems:
             row.notes = f"{problems} failed requests"
         return row
 
-    def process_cpu(self) -> dict[int, float]:
-        """CPU seconds so far of each process of the service's tree (jiffies: 1/CLK_TCK)."""
-        if self.server is None:
+    def process_cpu(self, service: bool = True) -> dict[int, float]:
+        """CPU jiffies (1/CLK_TCK s) so far of each process of the service's tree, or of the
+        baseline server's."""
+        root = (self.server.process if self.server else None) if service else self.baseline
+        if root is None:
             return {}
         tick = os.sysconf("SC_CLK_TCK")
-        return {pid: sum(cpu_seconds(pid)) * tick for pid in process_tree(self.server.process.pid)}
+        return {pid: sum(cpu_seconds(pid)) * tick for pid in process_tree(root.pid)}
 
     def profile(self, name: str, *, until_stopped: bool = False) -> subprocess.Popen[bytes] | None:
         """With --profile DIR: py-spy samples the service during the run (collapsed stacks,
@@ -790,15 +796,34 @@ class Bench:
         row.ratio = f"p50 {row.p50_ms / 20:.2f}x target" if row.p50_ms is not None else ""
         self.rows.append(row)
 
-    async def b1(self) -> None:
-        s = self.sizes
-        assert self.server is not None
+    def b1_load(self, agents: list[str]) -> None:
         project = str(self.projects["b1"])
         self.loads["B1"] = (
-            f"claimNextTask, {len(self.b1_agents)} agents, {s.b1_tasks:,} ready",
-            [json.dumps({"query": CLAIM_NEXT, "variables": {"a": a, "p": project}}) for a in self.b1_agents],
+            f"claimNextTask, {len(agents)} agents, {self.sizes.b1_tasks:,} ready",
+            [json.dumps({"query": CLAIM_NEXT, "variables": {"a": a, "p": project}}) for a in agents],
             {"null_marker": '"claimNextTask":null'},
         )
+
+    async def fresh_b1(self) -> None:
+        """Another B1 run in the state the first one started in: as many ready tasks (copies
+        of those left, made with SQL), a vacuumed claim index (the claims since left dead
+        entries at its head, which every claim would walk past) and agents that hold nothing
+        yet. B1's agents keep what they claim, and a claim counts and renews the tasks its
+        agent holds, so the same agents would make each later run costlier than the one
+        before."""
+        ready_sql = "SELECT count(*) FROM tasks WHERE project_id = $1 AND status = 'PENDING'"
+        b1 = self.projects["b1"]
+        ready = (await self.sql(ready_sql, b1))[0][0]
+        while 0 < ready < self.sizes.b1_tasks:  # as many ready as the first run had
+            await self.copy_tasks(b1, b1, self.sizes.b1_tasks - ready, pending=True)
+            ready = (await self.sql(ready_sql, b1))[0][0]
+        await self.sql("VACUUM (ANALYZE) tasks")
+        self.b1_runs += 1
+        self.b1_load(await self.register(f"b1-agent-run{self.b1_runs}", self.sizes.b1_agents))
+
+    async def b1(self) -> None:
+        assert self.server is not None
+        self.b1_load(self.b1_agents)
         lag = await self.lag_subscriber()
         try:
             service = self.measure_service("B1")
@@ -953,10 +978,7 @@ class Bench:
                 if bench not in one:
                     continue
                 if bench == "B1":
-                    # B1's one-process run started on a vacuumed table (seed); its claims since
-                    # left dead entries at the head of the claim index, which every claim
-                    # would walk past. Start this run in the same state.
-                    await self.sql("VACUUM (ANALYZE) tasks")
+                    await self.fresh_b1()
                 self.w2_row(self.measure_service(bench), one[bench], ", serve --workers 2")
         finally:
             await self.restart(1)
@@ -969,6 +991,89 @@ class Bench:
         finally:
             await self.stop_baseline()
             await self.start_baseline(1)
+        why_not = cpu_caps.unavailable()
+        if why_not is not None:
+            self.rows.append(Row("W2", "one core each (cgroup CPU quota)", notes=f"not run: {why_not}"))
+        else:
+            await self.w2_cores(one, raw_one)
+
+    async def w2_cores(self, one: dict[str, Row], raw_one: dict[str, Row]) -> None:
+        """B7, B2 and B1 with one process on one core and with two processes on two, where
+        each core is a cgroup with a quota of --core-share of a real core (bench/cpu_caps.py);
+        B7's and B2's baselines the same way. PostgreSQL and wrk keep the rest of the machine.
+        Each configuration runs three times, in the order 1, 2, 2, 1, 1, 2 processes, and each
+        row is the run with the median figure: a capped process's figure moved between runs by
+        up to a half (B1: 194 and 358 claims/s)."""
+        share = self.args.core_share
+        runs: dict[tuple[str, int], list[Row]] = {}
+        order = (1, 2) if self.args.quick else CAPPED_ORDER
+        for workers in order:
+            await self.restart(workers)
+            assert self.server is not None
+            for bench in ("B7", "B2", "B1"):
+                if bench in one:
+                    if bench == "B1":
+                        await self.fresh_b1()
+                    row = await self.capped_run(self.server.process.pid, share, bench, service=True)
+                    runs.setdefault((bench, workers), []).append(row)
+        await self.restart(1)
+        for workers in order:
+            await self.stop_baseline()
+            await self.start_baseline(workers)
+            assert self.baseline is not None
+            for bench in ("B7", "B2"):
+                if bench in raw_one:
+                    row = await self.capped_run(self.baseline.pid, share, bench, service=False)
+                    runs.setdefault(("raw " + bench, workers), []).append(row)
+        await self.stop_baseline()
+        await self.start_baseline(1)
+        core = f"{100 * share:.0f} % core"
+        median = {key: sorted(rows, key=lambda r: r.rate or 0.0)[len(rows) // 2] for key, rows in runs.items()}
+        for (bench, workers), rows in runs.items():
+            row = median[bench, workers]
+            rates = [r.rate or 0.0 for r in rows]
+            row.extra["runs"] = [{"rate": r.rate, **r.extra} for r in rows]
+            if workers == 1:
+                row.what += f", 1 process on one {core}"
+                row.ratio = "reference"
+            else:
+                base = median[bench, 1]
+                row.what += f", {'serve' if bench in one else 'uvicorn'} --workers 2 on two {core}s"
+                row.ratio = f"{row.rate / base.rate:.2f}x 1 process" if base.rate and row.rate else ""
+                row.target = "scales with the cores (≥ 1.8x)" if bench in one else "(reference)"
+            row.unit = (one.get(bench) or raw_one[bench.removeprefix("raw ")]).unit
+            row.bench = "W2"
+            shares = " / ".join(
+                " + ".join(f"{c:.0f} %" for c in r.extra.get("process_cpu_pct", []) if c >= 1) for r in rows
+            )
+            row.notes = "; ".join(
+                filter(
+                    None,
+                    [
+                        row.notes,
+                        "median of " + ", ".join(fmt(rate, ",.0f") for rate in rates),
+                        f"processes {shares}",
+                        "throttled " + " / ".join(str(r.extra["throttled_periods"]) for r in rows) + " periods",
+                        "machine busy " + " / ".join(f"{r.extra['machine_busy_pct']:.0f} %" for r in rows),
+                    ],
+                )
+            )
+            self.rows.append(row)
+
+    async def capped_run(self, root: int, share: float, bench: str, *, service: bool) -> Row:
+        """One measured run of `bench` with each serving process under `root` on a core of
+        `share` (bench/cpu_caps.py), once they are idle."""
+        pids = cpu_caps.worker_processes(root)
+        caps = cpu_caps.CpuCaps(share, f"{'service' if service else 'baseline'}{len(pids)}")
+        try:
+            caps.cap(pids)
+            await cpu_caps.settle(pids)
+            throttled = sum(caps.throttled())
+            row = self.measure_service(bench) if service else self.measure_raw(bench)
+            row.extra["throttled_periods"] = sum(caps.throttled()) - throttled
+            return row
+        finally:
+            caps.release()
 
     def w2_row(self, row: Row, one: Row, what: str) -> None:
         row.what += what
@@ -1317,6 +1422,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, --quick 1.5)")
     parser.add_argument("--workers", type=int, default=1, help="`serve --workers N` for B1, B2, B5-B7 (default 1)")
+    parser.add_argument(
+        "--core-share",
+        type=float,
+        default=0.25,
+        help="W2's cores: each server process's CPU quota, as a share of one real core (default 0.25)",
+    )
     parser.add_argument("--b1-tasks", type=int, help="ready tasks for B1 (default 40,000; --quick 1,000)")
     parser.add_argument("--soak-seconds", type=float, help="B9's soak (default 600; --quick 12)")
     parser.add_argument("--b3", action="append", default=[], metavar="ARG", help="extra argument for b3_fanout.py")

@@ -20,6 +20,9 @@ import pytest
 from tests.conftest import PG_ADMIN_DSN
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+import cpu_caps  # noqa: E402 (bench/ is not a package)
+
 COLUMNS = [
     "bench",
     "workload",
@@ -56,7 +59,15 @@ EXPECTED = {
     ],
     "B8": ["claimNextTask one at a time, 20,000 tasks"],
     "B9": ["RSS soak"],
+    # one process on a capped core, then two on two (bench/cpu_caps.py): the service's B7,
+    # B2 and B1, then the baselines' B7 and B2
+    "W2": [
+        *("`{ task(id) { id status } }`", "heartbeat", "claimNextTask") * 2,
+        *("raw Starlette + asyncpg SELECT", "raw Starlette + asyncpg UPDATE") * 2,
+    ],
 }
+if cpu_caps.unavailable() is not None:
+    EXPECTED["W2"] = ["one core each (cgroup CPU quota)"]
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 
@@ -145,6 +156,17 @@ async def test_quick_run_prints_every_benchmark_beside_its_baseline(tmp_path: Pa
         (two,) = [r for r in rows if r["bench"] == bench and r["workload"].endswith("uvicorn --workers 2")]
         assert two["ratio"].endswith("x 1 process"), two
         assert float(two["ratio"].split("x")[0]) > 0, two
+    # on capped cores: each two-process row beside its one-process figure, every process held
+    # to its quota (throttled in each run)
+    if cpu_caps.unavailable() is None:
+        capped = [r for r in rows if r["bench"] == "W2"]
+        for row in capped:
+            assert float(row["throughput"].split()[0].replace(",", "")) > 0, row
+            throttled = row["notes"].split("throttled ")[1].split(" periods")[0]
+            assert all(int(n) > 0 for n in throttled.split(" / ")), row
+        two = [r["ratio"].endswith("x 1 process") and float(r["ratio"].split("x")[0]) > 0 for r in capped]
+        assert [r["ratio"] == "reference" for r in capped] == [not t for t in two], capped
+        assert two == [False] * 3 + [True] * 3 + [False] * 2 + [True] * 2, capped
     # claim latency on the database grown (to 20,000 tasks in a quick run) beside the smaller one
     (b8,) = [r for r in rows if r["bench"] == "B8"]
     assert float(b8["ratio"].split("x")[0]) > 0, b8
