@@ -75,7 +75,6 @@ from b3_fanout import (
     launch_server,
     machine_cpu,
     percentile,
-    process_tree,
     run_migrations,
     wait_healthy,
 )
@@ -577,7 +576,7 @@ class Bench:
         row.extra["process_cpu_pct"] = [
             round(100 * (processes1[pid] - processes0[pid]) / wall, 1)
             for pid in sorted(processes1)
-            if pid in processes0 and processes1[pid] - processes0[pid] > 0
+            if pid in processes0
         ]
         problems = result["errors"] + result["socket_errors"] + result["timeouts"]
         if problems:
@@ -585,13 +584,13 @@ class Bench:
         return row
 
     def process_cpu(self, service: bool = True) -> dict[int, float]:
-        """CPU jiffies (1/CLK_TCK s) so far of each process of the service's tree, or of the
-        baseline server's."""
+        """CPU jiffies (1/CLK_TCK s) so far of each serving process of the service, or of the
+        baseline server (with --workers, the workers, not their supervisor)."""
         root = (self.server.process if self.server else None) if service else self.baseline
         if root is None:
             return {}
         tick = os.sysconf("SC_CLK_TCK")
-        return {pid: sum(cpu_seconds(pid)) * tick for pid in process_tree(root.pid)}
+        return {pid: sum(cpu_seconds(pid)) * tick for pid in cpu_caps.worker_processes(root.pid)}
 
     def profile(self, name: str, *, until_stopped: bool = False) -> subprocess.Popen[bytes] | None:
         """With --profile DIR: py-spy samples the service during the run (collapsed stacks,
@@ -1046,9 +1045,7 @@ class Bench:
                 row.target = "scales with the cores (≥ 1.8x)" if bench in one else "(reference)"
             row.unit = (one.get(bench) or raw_one[bench.removeprefix("raw ")]).unit
             row.bench = "W2"
-            shares = " / ".join(
-                " + ".join(f"{c:.0f} %" for c in r.extra.get("process_cpu_pct", []) if c >= 1) for r in rows
-            )
+            shares = " / ".join(" + ".join(f"{c:.0f} %" for c in r.extra.get("process_cpu_pct", [])) for r in rows)
             row.notes = "; ".join(
                 filter(
                     None,

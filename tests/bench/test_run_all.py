@@ -20,9 +20,23 @@ import pytest
 from tests.conftest import PG_ADMIN_DSN
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-import cpu_caps  # noqa: E402 (bench/ is not a package)
 
+
+def capped_cores_unavailable() -> str:
+    """bench/cpu_caps.py's answer, asked in a process of its own (bench/ is not a package
+    and is not imported here): "None" when W2 can run on capped cores."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import cpu_caps; print(cpu_caps.unavailable())"],
+        cwd=ROOT / "bench",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+CAPPED = capped_cores_unavailable() == "None"
 COLUMNS = [
     "bench",
     "workload",
@@ -66,7 +80,7 @@ EXPECTED = {
         *("raw Starlette + asyncpg SELECT", "raw Starlette + asyncpg UPDATE") * 2,
     ],
 }
-if cpu_caps.unavailable() is not None:
+if not CAPPED:
     EXPECTED["W2"] = ["one core each (cgroup CPU quota)"]
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
@@ -147,10 +161,11 @@ async def test_quick_run_prints_every_benchmark_beside_its_baseline(tmp_path: Pa
         assert two["ratio"].endswith("x 1 process"), two
         assert float(two["ratio"].split("x")[0]) > 0, two
         assert float(two["server CPU %"]) > 0, two
-        # each worker's share of the load, and how busy the machine was
+        # each worker's share of the load (how wrk's connections fell on the two is the
+        # kernel's and uvicorn's doing: one may have none), and how busy the machine was
         shares = two["notes"].split("processes ")[1].split(";")[0].split(" + ")
         assert len(shares) == 2, two
-        assert all(float(share.rstrip(" %")) > 0 for share in shares), two
+        assert sum(float(share.rstrip(" %")) for share in shares) > 0, two
         assert "machine busy" in two["notes"], two
     for bench in ("B7", "B2"):
         (two,) = [r for r in rows if r["bench"] == bench and r["workload"].endswith("uvicorn --workers 2")]
@@ -158,7 +173,7 @@ async def test_quick_run_prints_every_benchmark_beside_its_baseline(tmp_path: Pa
         assert float(two["ratio"].split("x")[0]) > 0, two
     # on capped cores: each two-process row beside its one-process figure, every process held
     # to its quota (throttled in each run)
-    if cpu_caps.unavailable() is None:
+    if CAPPED:
         capped = [r for r in rows if r["bench"] == "W2"]
         for row in capped:
             assert float(row["throughput"].split()[0].replace(",", "")) > 0, row
