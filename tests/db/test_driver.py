@@ -474,10 +474,10 @@ async def indexes_named(url: str, *names: str) -> list[str]:
         await conn.close()
 
 
-async def table_options(url: str) -> list[str] | None:
+async def table_options(url: str, table: str) -> list[str] | None:
     conn = await asyncpg.connect(url.replace("+asyncpg", ""))
     try:
-        options: list[str] | None = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'tasks'")
+        options: list[str] | None = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = $1", table)
         return options
     finally:
         await conn.close()
@@ -485,10 +485,10 @@ async def table_options(url: str) -> list[str] | None:
 
 class TestUpgradeFrom0006:
     """Migration 0007 adds per-project claim indexes and a claim_next_task() whose
-    project-filtered form reads them, drops the lease index and sets tasks' fillfactor: a
-    database upgraded from 0006, with ready tasks in two projects, claims from the project
-    asked for, holding the agent's other task and limit, and a downgrade restores 0005's
-    function, which still claims, the lease index and the fillfactor."""
+    project-filtered form reads them, drops the lease and heartbeat indexes and sets the
+    fillfactors: a database upgraded from 0006, with ready tasks in two projects, claims from
+    the project asked for, holding the agent's other task and limit, and a downgrade restores
+    0005's function, which still claims, the two indexes and the fillfactors."""
 
     async def test_a_claim_for_a_project_after_the_upgrade_takes_that_projects_task(self):
         from alembic import command
@@ -501,6 +501,7 @@ class TestUpgradeFrom0006:
 
         url = await create_pg_database("ts_up0006")
         new_indexes = ("ix_tasks_claim_project", "ix_tasks_claim_project_scheduled")
+        old_indexes = ("ix_agents_status_heartbeat", "ix_tasks_lease")  # dropped by 0007
         try:
             await seed_running_task(
                 url, "0006", max_tasks=3, lease=datetime.now(UTC) + timedelta(seconds=30), pending=3
@@ -519,8 +520,9 @@ class TestUpgradeFrom0006:
                 await conn.close()
 
             await upgrade_to_head(url)
-            assert await indexes_named(url, *new_indexes, "ix_tasks_lease") == list(new_indexes)
-            assert await table_options(url) == ["fillfactor=90"]
+            assert await indexes_named(url, *new_indexes, *old_indexes) == list(new_indexes)
+            assert await table_options(url, "tasks") == ["fillfactor=90"]
+            assert await table_options(url, "agents") == ["fillfactor=70"]
 
             services = Services.build(make_settings(url))
             await services.start()
@@ -538,8 +540,9 @@ class TestUpgradeFrom0006:
             assert [(t.id, t.project_id, t.status) for t in (first, second)] == [(5, 2, "ASSIGNED"), (6, 2, "ASSIGNED")]
 
             await asyncio.to_thread(command.downgrade, alembic_config(url), "0006")
-            assert await indexes_named(url, *new_indexes, "ix_tasks_lease") == ["ix_tasks_lease"]
-            assert await table_options(url) is None
+            assert await indexes_named(url, *new_indexes, *old_indexes) == sorted(old_indexes)
+            assert await table_options(url, "tasks") is None
+            assert await table_options(url, "agents") is None
             services = Services.build(make_settings(url))
             await services.start()
             try:
