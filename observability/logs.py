@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -29,8 +30,43 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class _GraphQLAccessFilter(logging.Filter):
+    """Drops uvicorn's access line of a POST to the GraphQL endpoint answered 200: the
+    request log's line for each of its operations (log_request) says more (operation,
+    outcome, caller, duration), so such a request wrote two lines. Every other access line
+    stays: other routes, GET, and any status but 200 (refused before GraphQL ran: 401,
+    413, 429...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's format: '%s - "%s %s HTTP/%s" %d' % (client, method, path, version, status)
+        if type(args) is tuple and len(args) == 5 and args[4] == 200 and args[1] == "POST":
+            path = args[2]
+            return not (isinstance(path, str) and path.partition("?")[0].endswith("/graphql"))
+        return True
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Ours, so configuring again replaces it and leaves other handlers (pytest's) alone."""
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, with the time of day formatted once per second: `time.strftime` for
+    every line was a sixth of a request log line's cost (bench/PROFILE.md, seventh round)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return self.default_msec_format % (self._stamp, record.msecs)
 
 
 def json_formatter() -> logging.Formatter:
@@ -48,7 +84,7 @@ def configure_logging(level: str, log_format: str) -> None:
     Alembic's narration below WARNING.
 
     Records do not look up the calling function, thread or process: no format shows them,
-    and at two lines per request (the request log and uvicorn's access log) the lookups cost
+    and at a line or two per request (the request log, uvicorn's access log) the lookups cost
     a quarter of the logging (the logging HOWTO's "Optimization").
     """
     logging._srcfile = None
@@ -56,7 +92,7 @@ def configure_logging(level: str, log_format: str) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = _Handler(sys.stderr)
-    handler.setFormatter(json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(json_formatter() if log_format == "json" else TextFormatter())
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
@@ -68,6 +104,10 @@ def configure_logging(level: str, log_format: str) -> None:
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+    access = logging.getLogger("uvicorn.access")
+    for old_filter in [f for f in access.filters if isinstance(f, _GraphQLAccessFilter)]:
+        access.removeFilter(old_filter)
+    access.addFilter(_GraphQLAccessFilter())
     quiet = max(logging.WARNING, logging.getLevelName(level))
     logging.getLogger("sqlalchemy.engine").setLevel(quiet)
     # Alembic narrates every step at INFO; `task-service migrate` prints its own result line.

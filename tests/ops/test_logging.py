@@ -64,6 +64,35 @@ class TestJsonLogs:
             assert any(r["message"] == "reaper: this process is the leader" for r in records)
 
 
+class TestAccessLines:
+    async def test_a_graphql_post_answered_200_writes_the_request_line_only(self, tmp_path: Path) -> None:
+        async with fresh_pg_database("ts_ops") as url, running_server(url, tmp_path, LOG_FORMAT="json") as server:
+            await post(server, "query Hello { projects { id } }")
+            async with httpx.AsyncClient(base_url=server.url, timeout=30, trust_env=False) as http:
+                await http.get("/health")
+                refused = await http.post("/graphql", content=b"{", headers={"content-type": "application/json"})
+                graphiql = await http.get("/graphql", headers={"accept": "text/html"})
+                assert refused.status_code == 400
+
+            def access() -> list[str]:
+                return [
+                    r["message"]
+                    for r in (json.loads(line) for line in log_lines(server))
+                    if r["logger"] == "uvicorn.access"
+                ]
+
+            async def logged() -> bool:
+                return len(access()) >= 3 and len(request_records(server)) >= 1
+
+            await wait_for(logged, what="the access lines", server=server)
+            lines = access()
+            assert [line for line in lines if "/graphql" in line and '" 200' in line and "POST" in line] == []
+            assert any('"GET /health HTTP/1.1" 200' in line for line in lines)
+            assert any('"POST /graphql HTTP/1.1" 400' in line for line in lines)
+            assert any(f'"GET /graphql HTTP/1.1" {graphiql.status_code}' in line for line in lines)
+            assert [r["operation"] for r in request_records(server)] == ["Hello"]
+
+
 class TestTextLogs:
     async def test_readable_lines(self, tmp_path: Path) -> None:
         async with fresh_pg_database("ts_ops") as url, running_server(url, tmp_path) as server:
