@@ -62,6 +62,10 @@ class Agent(Base):
     claimed_count: Mapped[int] = mapped_column(Integer, default=0)
     completed_count: Mapped[int] = mapped_column(Integer, default=0)
     failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    # When a claim last renewed the agent's leases (PostgreSQL's claim_next_task(), migration
+    # 0008): a claim within a second of it renews none and reads none of its tasks. NULL on
+    # SQLite, whose claim renews every lease.
+    leases_renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # No index holds last_heartbeat_at, written by every agent call: the update is then

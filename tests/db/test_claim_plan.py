@@ -122,3 +122,58 @@ class TestClaimPlan:
         rows, node = largest_row_count(plan)
         # Read in claim order and filtered, the other project's ready tasks alone are 3,000 rows.
         assert rows <= 20, f"the claim's {node} read {rows} rows:\n{json.dumps(plan, indent=1)[:3000]}"
+
+
+def cte_rows(plan: dict[str, Any], name: str) -> int | None:
+    """The rows of tasks the plan's CTE `name` read (produced and filtered out, over all
+    loops), or None when the plan has no such CTE."""
+    if plan.get("Subplan Name") == f"CTE {name}":
+        return _rows_read(plan)
+    for child in plan.get("Plans", []):
+        found = cte_rows(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _rows_read(plan: dict[str, Any]) -> int:
+    """Rows its scans of tasks read (the EXISTS over the claimed row is not one)."""
+    own = 0
+    if plan.get("Relation Name") == "tasks" and plan["Node Type"].endswith("Scan"):
+        rows = plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+        own = int(rows * plan.get("Actual Loops", 1))
+    return own + sum(_rows_read(child) for child in plan.get("Plans", []))
+
+
+@pytest.mark.postgres_only
+class TestRenewalScan:
+    """Migration 0008: a claim within a second of the agent's last lease renewal reads none of
+    the tasks it holds; a claim a second later reads them to renew them."""
+
+    async def test_the_renewal_reads_the_agents_tasks_only_a_second_after_the_last(self, gql, database_url):
+        pid = await f.project(gql)
+        await create_many(gql, pid, 32)
+        await f.agent(gql, name="holder", maxConcurrentTasks=100)
+        for _ in range(30):
+            assert (await gql.execute('mutation { claimNextTask(agent: "holder") { id } }'))["claimNextTask"]
+        with count_statements(gql.services) as counter:
+            await gql.execute('mutation { claimNextTask(agent: "holder") { id } }')
+        ((query, args),) = [(q, a) for q, a in counter.driver_queries if "claim_next_task(" in q]
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            renewed = await conn.fetchval("SELECT leases_renewed_at FROM agents WHERE name = 'holder'")
+        finally:
+            await conn.close()
+        assert renewed is not None
+
+        def at(seconds: float) -> tuple[Any, ...]:
+            """The claim's arguments, as if sent `seconds` after the last renewal."""
+            name, _now, _lease, *rest = args
+            now = renewed + timedelta(seconds=seconds)
+            return (name, now, now + timedelta(minutes=10), *rest)
+
+        soon = cte_rows(await claim_plan(database_url, query, at(0.5)), "renewed")
+        later = cte_rows(await claim_plan(database_url, query, at(1.5)), "renewed")
+        assert soon == 0, f"within a second of the last renewal the claim read {soon} rows to renew"
+        assert later is not None
+        assert later >= 31, later  # the 31 tasks it holds

@@ -559,3 +559,92 @@ class TestUpgradeFrom0006:
             assert (third.id, third.project_id) == (2, 1)
         finally:
             await drop_pg_database(url)
+
+
+async def renewal_state(url: str) -> tuple[datetime, datetime | None]:
+    """The RUNNING task's lease and agent a's leases_renewed_at."""
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        lease = await conn.fetchval("SELECT lease_expires_at FROM tasks WHERE status = 'RUNNING'")
+        renewed = await conn.fetchval("SELECT leases_renewed_at FROM agents WHERE name = 'a'")
+        return lease, renewed
+    finally:
+        await conn.close()
+
+
+async def columns_of(url: str, table: str, column: str) -> int:
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        query = "SELECT count(*) FROM information_schema.columns WHERE table_name = $1 AND column_name = $2"
+        return int(await conn.fetchval(query, table, column))
+    finally:
+        await conn.close()
+
+
+class TestUpgradeFrom0007:
+    """Migration 0008 adds agents.leases_renewed_at and a claim_next_task() that renews the
+    agent's other leases only when its last renewal is a second old: a database upgraded from
+    0007, with an agent holding a RUNNING task, renews that lease on the first claim (the
+    column starts NULL), not on a claim right after, and again a second later; a downgrade
+    restores 0007's function, which still claims and renews, and drops the column."""
+
+    async def test_the_first_claim_after_the_upgrade_renews_and_the_next_within_a_second_does_not(self):
+        from alembic import command
+
+        from task_service.db.lifecycle import Policy
+        from task_service.db.migrate import alembic_config, upgrade_to_head
+        from task_service.services import Services
+        from tests.conftest import create_pg_database, drop_pg_database, make_settings
+
+        url = await create_pg_database("ts_up0007")
+        old_lease = datetime.now(UTC) + timedelta(seconds=30)
+        policy = Policy(lease_seconds=600)
+        try:
+            await seed_running_task(url, "0007", max_tasks=5, lease=old_lease, pending=4)
+            await upgrade_to_head(url)
+            assert await renewal_state(url) == (old_lease, None)
+
+            services = Services.build(make_settings(url))
+            await services.start()
+            try:
+                assert services.driver is not None
+                first, _ = await services.driver.claim_next("a", policy)
+                renewed_lease, renewed_at = await renewal_state(url)
+                second, _ = await services.driver.claim_next("a", policy)
+                assert await renewal_state(url) == (renewed_lease, renewed_at)  # within the second
+                await asyncio.sleep(1.2)
+                third, _ = await services.driver.claim_next("a", policy)
+                later_lease, later_at = await renewal_state(url)
+            finally:
+                await services.close()
+            assert first is not None
+            assert second is not None
+            assert third is not None
+            assert renewed_at is not None
+            assert first.lease_expires_at is not None
+            assert renewed_lease == first.lease_expires_at  # renewed with the claim
+            assert renewed_lease > old_lease + timedelta(seconds=500)
+            assert later_at is not None
+            assert later_at > renewed_at + timedelta(seconds=1)
+            assert later_lease == third.lease_expires_at
+
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0007")
+            assert await columns_of(url, "agents", "leases_renewed_at") == 0
+            services = Services.build(make_settings(url))
+            await services.start()
+            try:
+                assert services.driver is not None
+                await asyncio.sleep(1.2)  # 0007's rule: leases it moves by a second or more
+                fourth, _ = await services.driver.claim_next("a", policy)
+            finally:
+                await services.close()
+            assert fourth is not None
+            assert fourth.lease_expires_at is not None
+            conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+            try:
+                leases = await conn.fetch("SELECT lease_expires_at FROM tasks WHERE assignee_id = 1")
+            finally:
+                await conn.close()
+            assert [r["lease_expires_at"] for r in leases] == [fourth.lease_expires_at] * 5
+        finally:
+            await drop_pg_database(url)
