@@ -66,7 +66,7 @@ class TextFormatter(logging.Formatter):
         if second != self._second:
             self._stamp = time.strftime(self.default_time_format, self.converter(second))
             self._second = second
-        return self.default_msec_format % (self._stamp, record.msecs)
+        return f"{self._stamp},{int(record.msecs):03d}"  # logging's default_msec_format, "%s,%03d"
 
 
 def json_formatter() -> logging.Formatter:
