@@ -14,10 +14,11 @@ tenth as many, B1 ran 1,096 against 953 claims/s (bench/PROFILE.md, seventh roun
 agents.leases_renewed_at is when a claim last renewed the agent's leases. A claim within a
 second of it renews nothing and reads none of the agent's tasks (the condition is on the
 locked agent's row, so the renewal's scan is not run at all); a later one renews as before
-and sets it. Every lease a renewal skipped was set or renewed less than a second before the
-claim's own time, at a lease of the same length or more, so a claim still leaves every
-active lease of its agent within two seconds of its own new lease (within one before).
-Heartbeats renew every lease as before and do not set it.
+and sets it. The renewal less than a second before left every active lease within a second
+of its own new lease, and a task made active since got a lease of its own at least as late,
+so a claim still leaves every active lease of its agent within two seconds of its own new
+lease (within one before), given one LEASE_SECONDS for all processes. Heartbeats renew
+every lease as before and do not set it.
 
 The column is NULL for an agent no claim has renewed (all agents at the upgrade): its first
 claim renews. SQLite's claim path renews every lease and leaves the column NULL. The

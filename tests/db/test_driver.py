@@ -610,8 +610,10 @@ class TestUpgradeFrom0007:
                 assert services.driver is not None
                 first, _ = await services.driver.claim_next("a", policy)
                 renewed_lease, renewed_at = await renewal_state(url)
-                second, _ = await services.driver.claim_next("a", policy)
-                assert await renewal_state(url) == (renewed_lease, renewed_at)  # within the second
+                # Within the second nothing is renewed, even with a lease 10 minutes longer,
+                # which 0007's rule alone (leases it moves by a second or more) would write.
+                second, _ = await services.driver.claim_next("a", Policy(lease_seconds=1200))
+                assert await renewal_state(url) == (renewed_lease, renewed_at)
                 await asyncio.sleep(1.2)
                 third, _ = await services.driver.claim_next("a", policy)
                 later_lease, later_at = await renewal_state(url)
@@ -635,7 +637,7 @@ class TestUpgradeFrom0007:
             try:
                 assert services.driver is not None
                 await asyncio.sleep(1.2)  # 0007's rule: leases it moves by a second or more
-                fourth, _ = await services.driver.claim_next("a", policy)
+                fourth, _ = await services.driver.claim_next("a", Policy(lease_seconds=1200))
             finally:
                 await services.close()
             assert fourth is not None
