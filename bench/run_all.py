@@ -880,14 +880,19 @@ class Bench:
     def alternated(self, bench: str) -> None:
         """The service and its raw endpoint in alternated runs (service, raw, raw, service,
         service, raw; one of each with --quick), and the pair whose ratio is the median. One
-        run of the raw endpoint moved by up to a third between runs of one bench run (B7:
-        4,717 to 6,485 requests/s), more than the service did, so a single pair's ratio
-        depended on which of them caught the machine's better moment."""
+        run of a raw endpoint moved by up to a third between bench runs (B7: 4,717 to 6,485
+        requests/s on one day), more than the service did, so a single pair's ratio depended
+        on which of them caught the machine's better moment."""
         order = ("service", "raw") if self.args.quick else PAIRED_ORDER
         runs: dict[str, list[Row]] = {"service": [], "raw": []}
         for which in order:
             runs[which].append(self.measure_service(bench) if which == "service" else self.measure_raw(bench))
-        pairs = list(zip(runs["service"], runs["raw"], strict=True))
+        self.median_pair(bench, runs["service"], runs["raw"])
+
+    def median_pair(self, bench: str, services: list[Row], raws: list[Row]) -> Row:
+        """The n-th service run paired with the n-th raw run; the pair with the median ratio
+        goes into the table, every pair's ratio in its notes. Returns its service row."""
+        pairs = list(zip(services, raws, strict=True))
         service, raw = sorted(pairs, key=lambda p: p[0].ratio_to(p[1]))[len(pairs) // 2]
         if len(pairs) > 1:
             ratios = ", ".join(f"{s.ratio_to(r):.3f}" for s, r in pairs)
@@ -895,6 +900,7 @@ class Bench:
             service.extra["pairs"] = [{"service": s.rate, "raw": r.rate} for s, r in pairs]
             raw.notes = _joined(raw.notes, "runs " + ", ".join(fmt(r.rate, ",.0f") for _, r in pairs))
         self.pair(service, raw, TARGETS[bench])
+        return service
 
     def measure_service(self, bench: str) -> Row:
         assert self.server is not None
@@ -975,15 +981,7 @@ class Bench:
             if row.extra["wrk"]["nulls"]:
                 row.notes = _joined(row.notes, "ran out of ready tasks")
             row.unit = "claims/s"
-        pairs = list(zip(services, raws, strict=True))
-        service, raw = sorted(pairs, key=lambda p: p[0].ratio_to(p[1]))[len(pairs) // 2]
-        if len(pairs) > 1:
-            ratios = ", ".join(f"{s.ratio_to(r):.3f}" for s, r in pairs)
-            service.notes = _joined(service.notes, f"median of {len(pairs)} alternated pairs, ratios {ratios}")
-            service.extra["pairs"] = [{"service": s.rate, "raw": r.rate} for s, r in pairs]
-            raw.notes = _joined(raw.notes, "runs " + ", ".join(fmt(r.rate, ",.0f") for _, r in pairs))
-        self.pair(service, raw, TARGETS["B1"])
-        self.b1_v1(service)
+        self.b1_v1(self.median_pair("B1", services, raws))
 
     def b1_raw_run(self) -> Row:
         s = self.sizes
