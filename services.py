@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import QueuePool
 
@@ -23,7 +24,7 @@ from .db.lifecycle import Policy
 from .db.models import Agent, Task
 from .db.session import READ_ONLY, Sessionmaker, create_engine, create_sessionmaker
 from .db.stats import DashboardCounts, dashboard_counts
-from .events.bus import EventBus
+from .events.bus import CHANNEL, EventBus
 from .events.fanout import FanOut
 from .events.publish import Publisher, publisher_for
 from .events.sequencer import Sequencer
@@ -90,11 +91,7 @@ class Services:
         self.snapshots = TaskSnapshots(self.sessionmaker)
         self.agent_snapshots = AgentSnapshots(self.sessionmaker)
         self.shared_results = SingleFlight(capacity=1024)
-        self.sequencer = Sequencer(
-            self.sessionmaker,
-            stamp=self.driver.stamp_events if self.driver is not None else None,
-            on_sequenced=self.bus.publish_horizon,
-        )
+        self.sequencer = self._sequencer()
         self.publisher = publisher_for(self.engine.dialect.name, self.bus, self.sequencer)
 
         async def compute(project_id: int | None) -> DashboardCounts:
@@ -102,6 +99,34 @@ class Services:
                 return await dashboard_counts(session, project_id)
 
         self.stats_hub = StatsHub(self.bus, compute, min_interval=self.settings.stats_min_interval_seconds)
+
+    def _sequencer(self) -> Sequencer:
+        """The event sequencer. On PostgreSQL its pass is one call through the driver; when
+        the bus is LISTEN/NOTIFY on this same database (the default), that call also sends
+        the pass's announcement, one round trip fewer per pass (db/driver.py)."""
+        driver = self.driver
+        if driver is None:
+            return Sequencer(self.sessionmaker, on_sequenced=self.bus.publish_horizon)
+        if not self._bus_in_database():
+            return Sequencer(self.sessionmaker, stamp=driver.stamp_events, on_sequenced=self.bus.publish_horizon)
+        bus = self.bus
+
+        async def stamp_and_announce() -> int:
+            return await driver.stamp_events(notify=CHANNEL, announced=bus.announced)
+
+        return Sequencer(self.sessionmaker, stamp=stamp_and_announce, on_sequenced=bus.horizon_announced)
+
+    def _bus_in_database(self) -> bool:
+        """Whether the event bus is LISTEN/NOTIFY on the database the service writes to."""
+        if not self.bus.url.startswith(("postgres://", "postgresql://")):
+            return False
+        bus, db = make_url(self.bus.url), self.engine.url
+        return (bus.host, bus.port or 5432, bus.database, bus.query.get("host")) == (
+            db.host,
+            db.port or 5432,
+            db.database,
+            db.query.get("host"),
+        )
 
     def _database_key(self) -> str:
         """A short stable name for the database this service runs on (its host, port and

@@ -41,6 +41,12 @@ from .models import Agent, Project, Task
 # Client-side failures that leave the connection gone or in an unknown state.
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 _ACTIVE = [status.value for status in ACTIVE_STATUSES]
+# The pass, and the bus's "seq" message (events/bus.py) as a NOTIFY when the horizon moved
+# past what the bus already carried.
+_STAMP_AND_NOTIFY = (
+    "SELECT h, CASE WHEN h > $3 THEN pg_notify($2, json_build_object('k', 'seq', 'n', h)::text) END "
+    "FROM stamp_events($1) AS h"
+)
 _BUSY, _ONLINE = AgentStatus.BUSY.value, AgentStatus.ONLINE.value
 
 
@@ -158,11 +164,19 @@ class Driver:
             effects.presence.append(PresenceChange(agent.id, agent.name, previous, agent.status, now))
         return agent, effects
 
-    async def stamp_events(self) -> int:
+    async def stamp_events(self, *, notify: str | None = None, announced: int = 0) -> int:
         """The event sequencer's pass (db/events.py's stamp_events) in one round trip: one
-        call of the stamp_events() function (migration 0006). Returns the horizon."""
+        call of the stamp_events() function (migration 0006). Returns the horizon.
+
+        With `notify`, the event bus's LISTEN/NOTIFY channel on this same database, the pass
+        also announces a horizon above `announced` with a NOTIFY of the bus's own message, in
+        the same round trip and transaction: the message is sent when the stamps commit,
+        while the sequencer lock is still held, so announcements leave in stamp order."""
         async with self.connection() as conn:
-            horizon: int = await conn.fetchval("SELECT stamp_events($1)", SEQUENCER_LOCK_KEY)
+            if notify is None:
+                horizon: int = await conn.fetchval("SELECT stamp_events($1)", SEQUENCER_LOCK_KEY)
+            else:
+                horizon = await conn.fetchval(_STAMP_AND_NOTIFY, SEQUENCER_LOCK_KEY, notify, announced)
         return horizon
 
     async def claim_next(

@@ -212,6 +212,10 @@ class EventBus:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.horizon = 0
+        # The highest horizon known to be on the bus: heard in a message, or sent (by this
+        # process, or by the stamp's own NOTIFY). A pass that reaches no further announces
+        # nothing: every process listening already heard as much.
+        self.announced = 0
         self.connected = False
         self.reconnects = 0
         self.resynced_at = float("-inf")  # time.monotonic() of the last reconnect
@@ -339,10 +343,19 @@ class EventBus:
             await self._broadcast.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
 
     async def publish_horizon(self, horizon: int) -> None:
-        """Tell every process the log is sequenced up to `horizon`. Local listeners are woken
-        directly, so a bus outage never delays this process's own subscribers."""
+        """Tell every process the log is sequenced up to `horizon`, unless the bus already
+        carried as much. Local listeners are woken directly, so a bus outage never delays
+        this process's own subscribers."""
         self._advance(horizon)
-        await self._safe_publish({"k": "seq", "n": horizon})
+        if horizon > self.announced and await self._safe_publish({"k": "seq", "n": horizon}):
+            self.announced = max(self.announced, horizon)
+
+    async def horizon_announced(self, horizon: int) -> None:
+        """The log is sequenced up to `horizon`, and the pass that found it sent the message
+        itself (a NOTIFY in its own transaction, db/driver.py) or found it already sent: wake
+        local listeners only."""
+        self.announced = max(self.announced, horizon)
+        self._advance(horizon)
 
     async def publish_presence(self, change: PresenceChange) -> None:
         """Tell every process's presence listeners that an agent's status changed (local
@@ -350,7 +363,7 @@ class EventBus:
         self._deliver_presence(change)
         await self._safe_publish({"k": "presence", "origin": self._origin, **_presence_message(change)})
 
-    async def _safe_publish(self, message: dict[str, Any]) -> None:
+    async def _safe_publish(self, message: dict[str, Any]) -> bool:
         try:
             await self._publish(message)
         except asyncio.CancelledError:
@@ -358,6 +371,8 @@ class EventBus:
         except Exception as exc:
             # The watchdog reconnects; subscribers elsewhere catch up from the log then.
             log.warning("event bus: publish failed (%s)", type(exc).__name__)
+            return False
+        return True
 
     def _dispatch(self, raw: str) -> None:
         try:
@@ -369,7 +384,9 @@ class EventBus:
             if message.get("id") == self._ping_id:
                 self._pong.set()
         elif kind == "seq":
-            self._advance(int(message.get("n", 0)))
+            horizon = int(message.get("n", 0))
+            self.announced = max(self.announced, horizon)
+            self._advance(horizon)
         elif kind == "presence" and message.get("origin") != self._origin:
             try:
                 change = _presence_from(message)

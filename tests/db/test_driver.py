@@ -8,6 +8,7 @@ lost database, the SQLSTATE kept) and never put a broken connection back in the 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -175,6 +176,37 @@ class TestStampEvents:
         horizon = await waiting
         assert horizon == 6
         assert await stamps(services) == [1, 2, 3, 4, 5, 6]
+
+    async def test_a_pass_can_announce_its_horizon_in_the_same_round_trip(self, gql, services, pg_url):
+        """With the bus's channel, the pass sends the bus's "seq" message itself, when its
+        stamps commit; a pass that reaches no further than what the bus carried sends none
+        (the marker, sent after it, is the next message a listener hears)."""
+        pid = await f.project(gql)
+        await f.task(gql, project_id=pid)
+        await unstamped_events(services, 2)
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        listener = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await listener.add_listener("stamp_test", lambda *args: heard.put_nowait(args[-1]))
+            with count_statements(services) as counter:
+                horizon = await services.driver.stamp_events(notify="stamp_test", announced=0)
+                await asyncio.sleep(0)
+            (statement,) = counter.statements
+            assert "stamp_events($1)" in statement
+            assert "pg_notify" in statement
+            assert horizon == 3
+            assert json.loads(await asyncio.wait_for(heard.get(), 10)) == {"k": "seq", "n": 3}
+
+            await unstamped_events(services, 1)
+            assert await services.driver.stamp_events(notify="stamp_test", announced=4) == 4
+            assert await services.driver.stamp_events(notify="stamp_test", announced=3) == 4
+            async with services.driver.connection() as conn:
+                await conn.execute("SELECT pg_notify('stamp_test', 'marker')")
+            assert json.loads(await asyncio.wait_for(heard.get(), 10)) == {"k": "seq", "n": 4}
+            assert await asyncio.wait_for(heard.get(), 10) == "marker"
+        finally:
+            await listener.close()
+        assert await stamps(services) == [1, 2, 3, 4]
 
 
 async def unstamped_events(services, count: int) -> None:

@@ -3,6 +3,8 @@ typed record of its effects, after commit, and nothing when it rolls back."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -13,9 +15,11 @@ from task_service.db.effects import Effects
 from task_service.db.enums import TaskEventType
 from task_service.db.events import SEQUENCER_LOCK_KEY, record_event
 from task_service.db.models import Task
+from task_service.events.bus import EventBus
 from task_service.events.publish import PostgresPublisher, SqlitePublisher
 from task_service.services import Services
 from tests import factories as f
+from tests.events.helpers import DEADLINE, another_process, wait_until
 
 Summary = tuple[list[str], list[tuple[str, str | None, str]]]
 
@@ -154,3 +158,56 @@ class TestSequencerSync:
             finished = await services.sequencer.sync()
         assert finished is True
         assert [r for r in caplog.records if r.name == "task_service.events.sequencer"] == []
+
+
+@pytest.mark.postgres_only
+class TestAnnouncements:
+    """How a pass's horizon reaches the other processes: with the bus on the service's own
+    database (the default), the pass's own round trip sends it (db/driver.py); a bus
+    elsewhere is sent the message; a horizon the bus already carried is not sent again."""
+
+    async def test_a_pass_announces_through_the_database_not_through_the_bus(self, gql, services, monkeypatch):
+        sent = spy_on_bus(services.bus, monkeypatch)
+        async with another_process(services.settings.database_url) as other:
+            pid = await f.project(gql)
+            await f.task(gql, project_id=pid)
+            horizon = services.sequencer.horizon
+            assert horizon >= 1
+            await wait_until(lambda: other.bus.horizon >= horizon, DEADLINE, "the other process to hear the horizon")
+        assert [m for m in sent if m.get("k") == "seq"] == []
+        assert services.bus.announced >= horizon
+
+    async def test_the_bus_is_in_the_database_only_when_it_is_the_same_database(self, services):
+        bus_url = services.settings.effective_broadcast_url
+        assert services._bus_in_database()
+        for other in ("memory://", "redis://127.0.0.1:6379/0", bus_url.rsplit("/", 1)[0] + "/another"):
+            assert not dataclasses.replace(services, bus=EventBus(other))._bus_in_database()
+
+    async def test_a_horizon_the_bus_already_carried_is_not_published_again(self, monkeypatch):
+        bus = EventBus("memory://")
+        await bus.start()
+        try:
+            sent = spy_on_bus(bus, monkeypatch)
+            with bus.listen() as listener:
+                await bus.publish_horizon(5)
+                await bus.publish_horizon(5)
+                bus._dispatch(json.dumps({"k": "seq", "n": 9}))  # another process's announcement
+                await bus.publish_horizon(8)
+                await bus.publish_horizon(11)
+                assert listener.horizon == 11  # local listeners are told every horizon
+            assert [m for m in sent if m.get("k") == "seq"] == [{"k": "seq", "n": 5}, {"k": "seq", "n": 11}]
+        finally:
+            await bus.stop()
+
+
+def spy_on_bus(bus: EventBus, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every message `bus` publishes itself, in order."""
+    sent: list[dict[str, Any]] = []
+    publish = bus._publish
+
+    async def recording(message: dict[str, Any]) -> None:
+        sent.append(message)
+        await publish(message)
+
+    monkeypatch.setattr(bus, "_publish", recording)
+    return sent
