@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import QueuePool
 
@@ -112,21 +112,27 @@ class Services:
         bus = self.bus
 
         async def stamp_and_announce() -> int:
-            return await driver.stamp_events(notify=CHANNEL, announced=bus.announced)
+            try:
+                return await driver.stamp_events(notify=CHANNEL, announced=bus.announced)
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                # The NOTIFY failed (its queue full: a listener stuck in a transaction), and
+                # took the stamps with it: stamp without it, and let the bus try to announce.
+                log.warning("event sequencer: announcing in the pass failed (%s); stamping without it", exc.orig)
+                horizon = await driver.stamp_events()
+                await bus.publish_horizon(horizon)
+                return horizon
 
         return Sequencer(self.sessionmaker, stamp=stamp_and_announce, on_sequenced=bus.horizon_announced)
 
     def _bus_in_database(self) -> bool:
-        """Whether the event bus is LISTEN/NOTIFY on the database the service writes to."""
-        if not self.bus.url.startswith(("postgres://", "postgresql://")):
-            return False
-        bus, db = make_url(self.bus.url), self.engine.url
-        return (bus.host, bus.port or 5432, bus.database, bus.query.get("host")) == (
-            db.host,
-            db.port or 5432,
-            db.database,
-            db.query.get("host"),
-        )
+        """Whether the event bus is LISTEN/NOTIFY on the database the service writes to: its
+        URL is the database's, scheme aside (the default when BROADCAST_URL is unset). Any
+        other spelling counts as another bus: a NOTIFY sent where the bus does not listen
+        would reach no process."""
+        scheme, _, rest = self.bus.url.partition("://")
+        return scheme in ("postgres", "postgresql") and rest == self.settings.database_url.partition("://")[2]
 
     def _database_key(self) -> str:
         """A short stable name for the database this service runs on (its host, port and

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from task_service import services as services_module
 from task_service.db.effects import Effects
 from task_service.db.enums import TaskEventType
 from task_service.db.events import SEQUENCER_LOCK_KEY, record_event
@@ -169,19 +170,50 @@ class TestAnnouncements:
     async def test_a_pass_announces_through_the_database_not_through_the_bus(self, gql, services, monkeypatch):
         sent = spy_on_bus(services.bus, monkeypatch)
         async with another_process(services.settings.database_url) as other:
+            heard = hear_on_bus(other.bus, monkeypatch)
             pid = await f.project(gql)
             await f.task(gql, project_id=pid)
             horizon = services.sequencer.horizon
             assert horizon >= 1
-            await wait_until(lambda: other.bus.horizon >= horizon, DEADLINE, "the other process to hear the horizon")
+            # Heard as a message: the other process's own sequencer would raise its bus's
+            # horizon too, without any message.
+            await wait_until(
+                lambda: any(m.get("k") == "seq" and m["n"] >= horizon for m in heard),
+                DEADLINE,
+                "the other process to hear the horizon on the bus",
+            )
         assert [m for m in sent if m.get("k") == "seq"] == []
         assert services.bus.announced >= horizon
 
+    async def test_a_pass_whose_notify_fails_still_stamps_and_the_bus_announces(
+        self, gql, services, monkeypatch, caplog
+    ):
+        """A NOTIFY that fails (its queue full) rolls the pass back with it: the pass is
+        made again without it, and the bus sends the announcement."""
+        monkeypatch.setattr(services_module, "CHANNEL", "")  # pg_notify refuses an empty channel
+        sent = spy_on_bus(services.bus, monkeypatch)
+        pid = await f.project(gql)
+        with caplog.at_level(logging.WARNING, logger="task_service.services"):
+            task = await f.task(gql, project_id=pid)
+        assert [e["type"] for e in await f.events(gql, task_id=task["id"])] == ["CREATED"]
+        horizon = services.sequencer.horizon
+        assert {"k": "seq", "n": horizon} in sent
+        assert any("announcing in the pass failed" in r.getMessage() for r in caplog.records)
+
     async def test_the_bus_is_in_the_database_only_when_it_is_the_same_database(self, services):
-        bus_url = services.settings.effective_broadcast_url
-        assert services._bus_in_database()
-        for other in ("memory://", "redis://127.0.0.1:6379/0", bus_url.rsplit("/", 1)[0] + "/another"):
-            assert not dataclasses.replace(services, bus=EventBus(other))._bus_in_database()
+        database = services.settings.database_url.partition("://")[2]
+        assert services._bus_in_database()  # BROADCAST_URL unset: the bus is made from DATABASE_URL
+        assert dataclasses.replace(services, bus=EventBus(f"postgresql://{database}"))._bus_in_database()
+        host, _, name = database.rpartition("/")
+        others = (
+            "memory://",
+            "redis://127.0.0.1:6379/0",
+            f"postgres://{host}/another",
+            f"postgres://{host.rsplit(':', 1)[0]}:5433/{name}",
+            f"postgres://{host.rsplit('@', 1)[-1]}/{name}",  # no user: perhaps another database
+        )
+        for other in others:
+            assert not dataclasses.replace(services, bus=EventBus(other))._bus_in_database(), other
 
     async def test_a_horizon_the_bus_already_carried_is_not_published_again(self, monkeypatch):
         bus = EventBus("memory://")
@@ -198,6 +230,19 @@ class TestAnnouncements:
             assert [m for m in sent if m.get("k") == "seq"] == [{"k": "seq", "n": 5}, {"k": "seq", "n": 11}]
         finally:
             await bus.stop()
+
+
+def hear_on_bus(bus: EventBus, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every message `bus` hears on its channel, in order."""
+    heard: list[dict[str, Any]] = []
+    dispatch = bus._dispatch
+
+    def recording(raw: str) -> None:
+        heard.append(json.loads(raw))
+        dispatch(raw)
+
+    monkeypatch.setattr(bus, "_dispatch", recording)
+    return heard
 
 
 def spy_on_bus(bus: EventBus, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
